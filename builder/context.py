@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from builder.errors import ContextError
 
@@ -97,7 +97,7 @@ def _open_decompressed(data: BinaryIO, compression: str | None) -> BinaryIO:
     if compression == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(data)  # type: ignore[no-any-return]
+        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(data))
     return data
 
 
@@ -117,7 +117,8 @@ class _Prepended(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:
+    def readinto(self, buffer: Any) -> int:
+        buffer = memoryview(buffer)
         if self._head:
             n = min(len(buffer), len(self._head))
             buffer[:n] = self._head[:n]
