@@ -3,6 +3,8 @@
 Imports neither ``registry`` nor ``builder``.
 """
 
+from layerstore.blobs import BlobStore, BlobWriter
+from layerstore.config import ContainerConfig, Healthcheck, History, ImageConfig, RootFS
 from layerstore.descriptor import Descriptor, MediaType, Platform
 from layerstore.digest import Digest, Hasher
 from layerstore.errors import (
@@ -12,24 +14,43 @@ from layerstore.errors import (
     ImageNotFound,
     InvalidDigest,
     InvalidManifest,
+    PlatformNotFound,
     StoreError,
     UnsafePathError,
     UnsupportedManifest,
 )
+from layerstore.images import ImageRecord, ImageStore
+from layerstore.manifest import Index, Manifest, parse_document
+from layerstore.store import Store, default_root
 
 __all__ = [
     "ArchiveError",
     "BlobNotFound",
+    "BlobStore",
+    "BlobWriter",
+    "ContainerConfig",
     "Descriptor",
     "Digest",
     "DigestMismatch",
     "Hasher",
+    "Healthcheck",
+    "History",
+    "ImageConfig",
     "ImageNotFound",
+    "ImageRecord",
+    "ImageStore",
+    "Index",
     "InvalidDigest",
     "InvalidManifest",
+    "Manifest",
     "MediaType",
     "Platform",
+    "PlatformNotFound",
+    "RootFS",
+    "Store",
     "StoreError",
     "UnsafePathError",
     "UnsupportedManifest",
+    "default_root",
+    "parse_document",
 ]

@@ -9,6 +9,7 @@ Exception tree::
     ├── InvalidManifest         a manifest, index or config document that cannot be read
     │   └── UnsupportedManifest a document of a kind we refuse (schema1, unknown media type)
     ├── ImageNotFound           no local image under that name or digest
+    ├── PlatformNotFound        an index has no manifest for the requested platform
     ├── UnsafePathError         an archive entry or copy that would write outside its root
     └── ArchiveError            a docker-archive / OCI archive that is malformed
 
@@ -68,3 +69,15 @@ class UnsafePathError(StoreError):
 
 class ArchiveError(StoreError):
     """A docker-archive or OCI archive that is malformed or incomplete."""
+
+
+class PlatformNotFound(StoreError, LookupError):
+    """An image index has no manifest for the requested platform."""
+
+    def __init__(self, wanted: object, available: list[str]) -> None:
+        have = ", ".join(available) if available else "none"
+        super().__init__(
+            f"no manifest for platform {wanted} in the image index (available: {have})"
+        )
+        self.wanted = wanted
+        self.available = available

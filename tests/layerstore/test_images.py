@@ -1,0 +1,316 @@
+"""ImageStore and Store: names, resolution, index.json kept in step, provenance, rmi
+semantics and garbage collection by reachability."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from layerstore.config import ImageConfig
+from layerstore.descriptor import Descriptor, MediaType, Platform
+from layerstore.digest import Digest
+from layerstore.errors import ImageNotFound, StoreError
+from layerstore.images import REF_NAME
+from layerstore.manifest import Index, Manifest
+from layerstore.store import Store, default_root
+
+
+def layer_tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def make_image(
+    store: Store,
+    files: dict[str, bytes],
+    *,
+    arch: str = "amd64",
+    base: list[Descriptor] | None = None,
+    base_diffs: list[Digest] | None = None,
+) -> Manifest:
+    """A one-more-layer image stored in ``store`` (documents only; not named)."""
+    raw = layer_tar(files)
+    gz = gzip.compress(raw, mtime=0)
+    layer = Descriptor(MediaType.OCI_LAYER_GZIP, store.blobs.put_bytes(gz), len(gz))
+    cfg = ImageConfig(architecture=arch, created="2024-01-01T00:00:00Z")
+    for d in base_diffs or []:
+        cfg = cfg.with_layer(d)
+    cfg = cfg.with_layer(Digest.of(raw), created_by="COPY").with_container_config(cmd=("sh",))
+    m = Manifest.build(config=store.put_config(cfg), layers=[*(base or []), layer])
+    store.put_manifest(m)
+    return m
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path / "store")
+    yield s
+    s.close()
+
+
+def test_new_store_is_an_oci_layout(store: Store) -> None:
+    assert json.loads((store.root / "oci-layout").read_bytes()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((store.root / "index.json").read_bytes())
+    assert index == {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX, "manifests": []}
+    assert (store.root / "blobs" / "sha256").is_dir()
+    assert store.check() == []
+
+
+def test_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PYBUILD_ROOT", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_root() == tmp_path / "explicit"
+    monkeypatch.delenv("PYBUILD_ROOT")
+    assert default_root() == tmp_path / "xdg" / "pybuild"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_root() == tmp_path / "home" / ".local" / "share" / "pybuild"
+
+
+def test_tag_resolve_list_and_index_json(store: Store) -> None:
+    m = make_image(store, {"a": b"1"})
+    desc = m.descriptor()
+    store.images.tag("docker.io/library/app:1.2", desc)
+    store.images.tag("127.0.0.1:5000/team/app:latest", desc)
+    assert store.images.resolve("docker.io/library/app:1.2") == desc
+    assert store.images.names_for(m.digest) == [
+        "127.0.0.1:5000/team/app:latest",
+        "docker.io/library/app:1.2",
+    ]
+    # By document digest, by image ID (config digest), full or short, and name@digest.
+    assert store.images.resolve(str(m.digest)).digest == m.digest
+    assert store.images.resolve(m.config.digest.short).digest == m.digest
+    assert store.images.resolve(m.digest.hex[:6]).digest == m.digest
+    assert store.images.resolve(f"docker.io/library/app@{m.digest}").digest == m.digest
+    records = store.images.list()
+    assert {r.name for r in records} == {
+        "docker.io/library/app:1.2",
+        "127.0.0.1:5000/team/app:latest",
+    }
+    rec = records[0]
+    assert rec.image_id == m.config.digest
+    assert rec.size == m.size + len(m.to_bytes())
+    assert rec.created == "2024-01-01T00:00:00Z"
+    index = json.loads((store.root / "index.json").read_bytes())
+    assert sorted(e["annotations"][REF_NAME] for e in index["manifests"]) == [
+        "127.0.0.1:5000/team/app:latest",
+        "docker.io/library/app:1.2",
+    ]
+    assert all(e["digest"] == str(m.digest) for e in index["manifests"])
+    assert store.check() == []
+
+
+def test_retag_moves_the_name(store: Store) -> None:
+    a = make_image(store, {"a": b"1"})
+    b = make_image(store, {"b": b"2"})
+    store.images.tag("localhost/app:1", a.descriptor())
+    store.images.tag("localhost/app:1", b.descriptor())
+    assert store.images.resolve("localhost/app:1").digest == b.digest
+    # The old image stays as a dangling root until pruned.
+    dangling = [r for r in store.images.list() if r.name is None]
+    assert [r.descriptor.digest for r in dangling] == [a.digest]
+    assert store.check() == []
+
+
+@pytest.mark.parametrize(
+    "ref", ["nope", "localhost/absent:1", "sha256:" + "0" * 64, "abcdef", "ab"]
+)
+def test_resolve_unknown(store: Store, ref: str) -> None:
+    make_image(store, {"a": b"1"})
+    with pytest.raises(ImageNotFound, match="no local image"):
+        store.images.resolve(ref)
+
+
+@pytest.mark.parametrize("name", ["", "has space:1", "trailing/", "UPPER:ok/../x", "a//b"])
+def test_tag_rejects_bad_names(store: Store, name: str) -> None:
+    m = make_image(store, {"a": b"1"})
+    with pytest.raises(StoreError, match="invalid image name"):
+        store.images.tag(name, m.descriptor())
+
+
+def test_tag_requires_stored_document(store: Store) -> None:
+    ghost = Descriptor(MediaType.OCI_MANIFEST, Digest.of(b"ghost"), 5)
+    with pytest.raises(ImageNotFound, match="not stored"):
+        store.images.tag("localhost/ghost:1", ghost)
+
+
+def test_ambiguous_prefix(store: Store) -> None:
+    # Add images until two IDs share a 3-character prefix (about 60 on average).
+    seen: dict[str, Digest] = {}
+    for i in range(400):
+        m = make_image(store, {str(i): b"x"})
+        store.commit_image(m, [f"localhost/app:{i}"])
+        clash = next((d for d in (m.digest, m.config.digest) if d.hex[:3] in seen), None)
+        if clash is not None:
+            break
+        seen.update({m.digest.hex[:3]: m.digest, m.config.digest.hex[:3]: m.config.digest})
+    assert clash is not None
+    with pytest.raises(ImageNotFound, match="ambiguous"):
+        store.images.resolve(clash.hex[:3])
+    # A longer prefix is unique again.
+    assert store.images.resolve(clash.hex[:20]).digest == m.digest
+
+
+def test_rmi_semantics(store: Store) -> None:
+    m = make_image(store, {"a": b"1"})
+    store.images.tag("localhost/app:1", m.descriptor())
+    store.images.tag("localhost/app:2", m.descriptor())
+    # By ID with two names: refused without force.
+    with pytest.raises(StoreError, match="referenced by 2 names"):
+        store.images.remove(m.config.digest.short)
+    # By name: untag only while other names remain.
+    r1 = store.images.remove("localhost/app:1")
+    assert (r1.untagged, r1.deleted) == (["localhost/app:1"], [])
+    r2 = store.images.remove("localhost/app:2")
+    assert (r2.untagged, r2.deleted) == (["localhost/app:2"], [m.digest])
+    assert store.images.list() == []
+    # Force by ID removes every name.
+    store.images.tag("localhost/app:1", m.descriptor())
+    store.images.tag("localhost/app:3", m.descriptor())
+    r3 = store.images.remove(m.digest.hex[:12], force=True)
+    assert sorted(r3.untagged) == ["localhost/app:1", "localhost/app:3"]
+    assert store.images.list() == []
+    with pytest.raises(ImageNotFound):
+        store.images.remove("localhost/app:1")
+
+
+def test_blob_sources(store: Store) -> None:
+    d = store.blobs.put_bytes(b"layer")
+    store.images.add_blob_source(d, "registry-1.docker.io", "library/busybox")
+    store.images.add_blob_source(d, "127.0.0.1:5000", "team/base")
+    store.images.add_blob_source(d, "127.0.0.1:5000", "team/base")
+    assert sorted(store.images.blob_sources(d)) == [
+        ("127.0.0.1:5000", "team/base"),
+        ("registry-1.docker.io", "library/busybox"),
+    ]
+    assert store.images.blob_sources(Digest.of(b"other")) == []
+
+
+def test_gc_keeps_reachable_and_deletes_the_rest(store: Store) -> None:
+    base = make_image(store, {"base": b"b"})
+    child = make_image(
+        store,
+        {"child": b"c"},
+        base=list(base.layers),
+        base_diffs=list(
+            ImageConfig.from_bytes(store.blobs.read_bytes(base.config.digest)).rootfs.diff_ids
+        ),
+    )
+    store.images.tag("localhost/child:1", child.descriptor())
+    stray = store.blobs.put_bytes(b"stray")
+    result = store.gc()
+    # base's manifest and config are unreachable; its layer is shared with child.
+    assert set(result.deleted) == {stray, base.digest, base.config.digest}
+    assert result.freed > 0
+    assert store.blobs.has(base.layers[0].digest)
+    for d in (child.digest, child.config.digest, *(layer.digest for layer in child.layers)):
+        assert store.blobs.has(d)
+    assert store.check() == []
+    # After the last name goes, prune removes everything.
+    store.images.remove("localhost/child:1")
+    store.gc(prune_dangling=True)
+    assert list(store.blobs) == []
+    assert store.check() == []
+
+
+def test_gc_dangling_images_survive_plain_gc(store: Store) -> None:
+    m = make_image(store, {"a": b"1"})
+    store.commit_image(m)  # no name: a build without -t
+    assert store.gc().deleted == []
+    result = store.gc(prune_dangling=True)
+    assert result.dangling_images == [m.digest]
+    assert m.digest in result.deleted
+
+
+def test_gc_grace_keeps_recent_blobs(store: Store) -> None:
+    fresh = store.blobs.put_bytes(b"fresh")
+    old = store.blobs.put_bytes(b"old")
+    past = time.time() - 7200
+    os.utime(store.blobs.path(old), (past, past))
+    result = store.gc(grace_seconds=3600)
+    assert result.deleted == [old]
+    assert store.blobs.has(fresh)
+
+
+def test_gc_waits_for_leases(store: Store) -> None:
+    stray = store.blobs.put_bytes(b"in-flight")
+    finished = threading.Event()
+
+    def collect() -> None:
+        store.gc()
+        finished.set()
+
+    with store.lease():
+        t = threading.Thread(target=collect)
+        t.start()
+        time.sleep(0.3)
+        assert not finished.is_set()
+        assert store.blobs.has(stray)
+        # The lease holder names its blobs before letting go.
+        m = make_image(store, {"x": b"y"})
+        store.commit_image(m, ["localhost/leased:1"])
+    t.join(timeout=10)
+    assert finished.is_set()
+    assert store.blobs.has(m.digest)
+    assert not store.blobs.has(stray)
+
+
+def test_index_image_and_platform_selection(store: Store) -> None:
+    amd = make_image(store, {"amd": b"1"}, arch="amd64")
+    arm = make_image(store, {"arm": b"2"}, arch="arm64")
+    idx = Index.build(
+        manifests=[
+            amd.descriptor(Platform("linux", "amd64")),
+            arm.descriptor(Platform("linux", "arm64", "v8")),
+        ]
+    )
+    store.commit_image(idx, ["localhost/multi:1"])
+    img = store.image("localhost/multi:1", Platform.parse("linux/arm64"))
+    assert img.manifest == arm
+    assert img.config is not None and img.config.architecture == "arm64"
+    rec = store.images.list()[0]
+    assert rec.image_id == idx.digest
+    assert rec.size >= amd.size + arm.size
+    # Reachability walks the index.
+    assert store.gc().deleted == []
+    info = store.inspect_json("localhost/multi:1", Platform.parse("linux/amd64"))
+    assert info["RepoTags"] == ["localhost/multi:1"]
+    assert info["Manifest"]["mediaType"] == MediaType.OCI_INDEX
+    assert info["PlatformManifest"] == json.loads(amd.to_bytes())
+    assert info["Config"]["architecture"] == "amd64"
+
+
+def test_index_with_absent_children_is_fine(store: Store) -> None:
+    amd = make_image(store, {"amd": b"1"})
+    absent = Descriptor(
+        MediaType.OCI_MANIFEST, Digest.of(b"never pulled"), 100, platform=Platform("linux", "s390x")
+    )
+    idx = Index.build(manifests=[amd.descriptor(Platform("linux", "amd64")), absent])
+    store.commit_image(idx, ["localhost/partial:1"])
+    assert store.check() == []
+    with pytest.raises(StoreError, match="not stored locally"):
+        store.image("localhost/partial:1", Platform.parse("linux/s390x"))
+
+
+def test_index_json_rewritten_when_tampered(store: Store) -> None:
+    m = make_image(store, {"a": b"1"})
+    store.images.tag("localhost/app:1", m.descriptor())
+    (store.root / "index.json").write_text("{}")
+    assert store.check() == ["index.json differs from the database"]
+    store.images.sync_index()
+    assert store.check() == []
