@@ -375,57 +375,177 @@ class _Lexer:
                 raise _LexError(_MISSING_BRACE) from None
             raise
         value = self.lookup(name)[0]
-        regex = _pattern_regex(pattern, greedy=True, anchored=False)
+        finder = _Finder(pattern)
         if replace_all:
-            return _go_replace_all(regex, value, replacement)
-        found = regex.search(value)
+            return _go_replace_all(finder, value, replacement)
+        found = finder.find(value, 0)
         if found is None:
             return value
-        return value[: found.start()] + replacement + value[found.end() :]
+        return value[: found[0]] + replacement + value[found[1] :]
 
 
-def _shell_pattern_to_regex(pattern: str, *, greedy: bool, anchored: bool) -> str:
+# Pattern tokens: a literal is its one-character string; these two ints are the wildcards.
+_STAR = 0
+_ANY = 1
+_Token = str | int
+
+
+@lru_cache(maxsize=512)
+def _pattern_tokens(pattern: str) -> tuple[_Token, ...]:
     """lex.go convertShellPatternToRegex: ``*`` ``?`` and ``\\`` escapes, all else literal."""
+    original = pattern
     if pattern.startswith(_BOM):  # text/scanner again
         pattern = pattern[1:]
-    star = ".*" if greedy else ".*?"
-    out = ["^"] if anchored else []
+    out: list[_Token] = []
     i, n = 0, len(pattern)
     while i < n:
         tok = pattern[i]
         i += 1
         if tok == "*":
-            out.append(star)
+            out.append(_STAR)
         elif tok == "?":
-            out.append(".")
+            out.append(_ANY)
         elif tok == "\\":
             # \} and \/ had to be escaped inside ${...}; the backslash is not part of the pattern.
             if i < n and pattern[i] in "}/":
                 continue
-            if i >= n:
-                raise _LexError(f"invalid pattern ({pattern}) in substitution: invalid escape '\\'")
-            tok = pattern[i]
-            i += 1
-            if tok not in "*?\\":
+            escaped = pattern[i] if i < n else ""
+            if escaped not in ("*", "?", "\\"):
                 raise _LexError(
-                    f"invalid pattern ({pattern}) in substitution: invalid escape '\\{tok}'"
+                    f"invalid pattern ({original}) in substitution: invalid escape '\\{escaped}'"
                 )
-            out.append(re.escape(tok))
+            i += 1
+            out.append(escaped)
         else:
-            out.append(re.escape(tok))
-    return "".join(out)
+            out.append(tok)
+    return tuple(out)
 
 
 @lru_cache(maxsize=512)
-def _pattern_regex(pattern: str, *, greedy: bool, anchored: bool) -> re.Pattern[str]:
-    # Go's and Python's "." both stop at "\n", and both are leftmost-first with the same
-    # preference for lazy and greedy stars, so the translated regex matches identically.
-    return re.compile(_shell_pattern_to_regex(pattern, greedy=greedy, anchored=anchored))
+def _tokens_regex(tokens: tuple[_Token, ...], *, greedy: bool, anchored: bool) -> re.Pattern[str]:
+    # Go's and Python's "." both stop at "\n", and both engines are leftmost-first with the
+    # same preference for lazy and greedy stars, so the translated regex matches identically.
+    star = ".*" if greedy else ".*?"
+    parts = ["^"] if anchored else []
+    for tok in tokens:
+        parts.append(star if tok == _STAR else "." if tok == _ANY else re.escape(str(tok)))
+    return re.compile("".join(parts))
+
+
+class _Glob:
+    """A linear-time matcher for patterns with several ``*`` (a bit-parallel NFA).
+
+    Python's backtracking regex takes polynomial time of the star count's degree on such
+    patterns (``*a*a*a*b`` against a long run of ``a``), where Go's RE2 stays linear.  For
+    ``*``/``?``/literal patterns the leftmost-first lazy match is the shortest match and the
+    greedy one the longest, so ends are all this needs to compute (checked against the regex
+    by a differential test).  ``*`` and ``?`` do not match a newline, as Go's ``.``.
+    """
+
+    __slots__ = ("accept", "any", "literals", "star", "start")
+
+    def __init__(self, tokens: tuple[_Token, ...]) -> None:
+        collapsed: list[_Token] = []
+        for tok in tokens:
+            if not (tok == _STAR and collapsed and collapsed[-1] == _STAR):
+                collapsed.append(tok)
+        self.star = self.any = 0
+        self.literals: dict[str, int] = {}
+        for index, tok in enumerate(collapsed):
+            bit = 1 << index
+            if tok == _STAR:
+                self.star |= bit
+            elif tok == _ANY:
+                self.any |= bit
+            else:
+                self.literals[str(tok)] = self.literals.get(str(tok), 0) | bit
+        self.accept = 1 << len(collapsed)
+        self.start = 1 | ((1 & self.star) << 1)
+
+    def step(self, states: int, ch: str) -> int:
+        if ch == "\n":
+            after = (states & self.literals.get(ch, 0)) << 1
+        else:
+            after = ((states & (self.literals.get(ch, 0) | self.any)) << 1) | (states & self.star)
+        return after | ((after & self.star) << 1)  # a star may also match nothing
+
+    def match_at(self, value: str, pos: int, *, longest: bool) -> int | None:
+        """End of the shortest (or longest) match starting at ``pos``, or None."""
+        states = self.start
+        found = pos if states & self.accept else None
+        if found is not None and not longest:
+            return found
+        for index in range(pos, len(value)):
+            states = self.step(states, value[index])
+            if not states:
+                break
+            if states & self.accept:
+                found = index + 1
+                if not longest:
+                    break
+        return found
+
+
+def _match_starts(reverse: _Glob, value: str) -> list[bool]:
+    """For each index of ``value``: does a match of the pattern start there?  (One pass of
+    the reversed pattern over the reversed value, a fresh start injected at every index.)"""
+    states = reverse.start
+    starts = [False] * (len(value) + 1)
+    starts[-1] = bool(states & reverse.accept)
+    for index in range(len(value) - 1, -1, -1):
+        states = reverse.step(states, value[index]) | reverse.start
+        starts[index] = bool(states & reverse.accept)
+    return starts
+
+
+def _many_stars(tokens: tuple[_Token, ...]) -> bool:
+    return sum(1 for tok in tokens if tok == _STAR) >= 2
+
+
+class _Finder:
+    """Leftmost match, greedy stars (lex.go's pattern for ``${v/p/r}``), by regex or _Glob."""
+
+    __slots__ = ("glob", "regex", "reverse", "starts", "value")
+
+    def __init__(self, pattern: str) -> None:
+        tokens = _pattern_tokens(pattern)
+        self.regex: re.Pattern[str] | None = None
+        self.glob: _Glob | None = None
+        if _many_stars(tokens):
+            self.glob = _Glob(tokens)
+            self.reverse = _Glob(tokens[::-1])
+        else:
+            self.regex = _tokens_regex(tokens, greedy=True, anchored=False)
+        self.value: str | None = None
+        self.starts: list[bool] = []
+
+    def find(self, value: str, pos: int) -> tuple[int, int] | None:
+        if self.regex is not None:
+            found = self.regex.search(value, pos)
+            return found.span() if found is not None else None
+        assert self.glob is not None
+        if value is not self.value:
+            self.value, self.starts = value, _match_starts(self.reverse, value)
+        for start in range(pos, len(value) + 1):
+            if self.starts[start]:
+                end = self.glob.match_at(value, start, longest=True)
+                assert end is not None
+                return start, end
+        return None
+
+
+def _prefix_end(pattern: str, value: str, greedy: bool) -> int | None:
+    """End of the shortest (greedy: longest) prefix of ``value`` matching ``pattern``."""
+    tokens = _pattern_tokens(pattern)
+    if _many_stars(tokens):
+        return _Glob(tokens).match_at(value, 0, longest=greedy)
+    found = _tokens_regex(tokens, greedy=greedy, anchored=True).match(value)
+    return found.end() if found is not None else None
 
 
 def _trim_prefix(pattern: str, value: str, greedy: bool) -> str:
-    found = _pattern_regex(pattern, greedy=greedy, anchored=True).match(value)
-    return value[found.end() :] if found is not None else value
+    end = _prefix_end(pattern, value, greedy)
+    return value[end:] if end is not None else value
 
 
 def _reverse_pattern(pattern: str) -> str:
@@ -451,7 +571,7 @@ def _trim_suffix(pattern: str, value: str, greedy: bool) -> str:
     return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy)[::-1]
 
 
-def _go_replace_all(regex: re.Pattern[str], value: str, template: str) -> str:
+def _go_replace_all(finder: _Finder, value: str, template: str) -> str:
     """Go's Regexp.ReplaceAllString: no empty match right after a match; ``$`` templates."""
     out: list[str] = []
     last_end = 0
@@ -459,13 +579,13 @@ def _go_replace_all(regex: re.Pattern[str], value: str, template: str) -> str:
     end = len(value)
     expand = "$" in template
     while search <= end:
-        found = regex.search(value, search)
+        found = finder.find(value, search)
         if found is None:
             break
-        start, stop = found.span()
+        start, stop = found
         out.append(value[last_end:start])
         if stop > last_end or start == 0:
-            out.append(_go_expand(template, found.group()) if expand else template)
+            out.append(_go_expand(template, value[start:stop]) if expand else template)
         last_end = stop
         search = search + 1 if search + 1 > stop else stop
     out.append(value[last_end:])

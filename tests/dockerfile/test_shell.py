@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from builder.dockerfile import shell
 from builder.dockerfile.shell import Expansion, expand_with_matches, expand_word, expand_words
 from builder.errors import DockerfileError, ExpansionError
 from tests.conftest import FIXTURES, NO_CORPUS_REASON, SHARED_CORPUS
@@ -222,3 +223,44 @@ def test_random_text_raises_only_expansion_error(
     if not text.startswith("\ufeff"):
         assert expand_word("''" + text, env, escape=escape) == word
         assert expand_words("''" + text, env, escape=escape) == words
+
+
+# --- the linear matcher for many-star patterns agrees with the regex translation -------------
+
+_PATTERN = st.text(st.sampled_from(list("ab?*\n")), max_size=8).map(
+    lambda p: p if p.count("*") >= 2 else "*" + p + "*"
+)
+_VALUE = st.text(st.sampled_from(list("ab\n")), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pattern=_PATTERN, value=_VALUE)
+def test_glob_matcher_agrees_with_go_style_regex(pattern: str, value: str) -> None:
+    tokens = shell._pattern_tokens(pattern)
+    for greedy in (False, True):
+        regex = shell._tokens_regex(tokens, greedy=greedy, anchored=True)
+        found = regex.match(value)
+        assert shell._prefix_end(pattern, value, greedy) == (found.end() if found else None)
+    finder = shell._Finder(pattern)
+    assert finder.glob is not None, "patterns with two or more stars use the linear matcher"
+    search = shell._tokens_regex(tokens, greedy=True, anchored=False)
+    for pos in range(len(value) + 1):
+        hit = search.search(value, pos)
+        assert finder.find(value, pos) == (hit.span() if hit else None)
+
+
+def test_many_star_pattern_on_long_value_answers() -> None:
+    # A backtracking regex needs ~C(400, 12) steps here; the linear matcher needs 400.
+    env = {"a": "a" * 400}
+    pattern = "*a" * 12 + "b"
+    assert expand_word("${a#" + pattern + "}", env) == env["a"]
+    assert expand_word("${a%%" + pattern + "}", env) == env["a"]
+    assert expand_word("${a//" + pattern + "/x}", env) == env["a"]
+    assert expand_word("${a##" + "*a" * 12 + "}", env) == ""
+
+
+def test_nesting_beyond_the_stack_is_an_expansion_error() -> None:
+    deep = "${a:-" * 5000 + "x" + "}" * 5000
+    with pytest.raises(ExpansionError, match="nested too deeply"):
+        expand_word(deep, {})
+    assert expand_word("${a:-" * 50 + "x" + "}" * 50, {}) == "x"
