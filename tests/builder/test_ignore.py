@@ -1,0 +1,351 @@
+"""builder.ignore: .dockerignore reading, Docker-exact matching and the pruning context walker.
+
+Tables: fixtures/dockerignore/ (our own, expectations from Docker's documentation and
+moby/patternmatcher's rules) and, when present, the upstream moby/patternmatcher tables in
+the shared corpus, read in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import builder.ignore as ignore_module
+from builder.dockerfile.grammar import load_parser
+from builder.errors import ContextError, IgnorePatternError
+from builder.ignore import (
+    EntryKind,
+    IgnoreMatcher,
+    MatchKind,
+    clean_path,
+    find_ignore_file,
+    load_matcher,
+    read_ignore_file,
+    walk_context,
+)
+from tests.conftest import FIXTURES, NO_CORPUS_REASON, SHARED_CORPUS
+
+TABLES = FIXTURES / "dockerignore"
+UPSTREAM = SHARED_CORPUS / "dockerignore"
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))["cases"]
+    return cases
+
+
+def _upstream(name: str) -> list[Any]:
+    path = UPSTREAM / name
+    if not path.is_file():
+        return [pytest.param(None, marks=pytest.mark.skip(reason=NO_CORPUS_REASON))]
+    params = []
+    for case in _load(path):
+        marks = []
+        if case.get("platform") == "windows":
+            marks.append(pytest.mark.skip(reason="Windows-only upstream case"))
+        params.append(pytest.param(case, id=str(case.get("id", len(params))), marks=marks))
+    return params
+
+
+# ---- matching tables -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case",
+    _load(TABLES / "cases.json"),
+    ids=lambda c: f"{'|'.join(c['lines'])}~{c['path']}",
+)
+def test_own_match_table(case: dict[str, Any]) -> None:
+    text = "\n".join(case["lines"]) + "\n"
+    if case.get("error"):
+        with pytest.raises(IgnorePatternError):
+            IgnoreMatcher.from_text(text)
+        return
+    matcher = IgnoreMatcher.from_text(text)
+    assert matcher.excludes(case["path"]) is case["expected"], case["why"]
+
+
+@pytest.mark.parametrize("case", _upstream("match_cases.json"))
+def test_upstream_patternmatcher_table(case: dict[str, Any]) -> None:
+    # Every api the table names (MatchesOrParentMatches, the deprecated Matches, New) agrees
+    # with MatchesOrParentMatches on these inputs, so one entry point serves them all.
+    if case.get("error"):
+        with pytest.raises(IgnorePatternError):
+            IgnoreMatcher.from_patterns(case["patterns"]).excludes(case["path"])
+        return
+    matcher = IgnoreMatcher.from_patterns(case["patterns"])
+    if case.get("derived"):
+        # Upstream asserts only that the second pattern is an exception (after trimming).
+        assert matcher.patterns[-1].exception
+        assert matcher.patterns[-1].text == "docs/README.md"
+        assert matcher.excludes(case["path"]) is False
+        return
+    assert matcher.excludes(case["path"]) is case["expected"]
+
+
+@pytest.mark.parametrize("case", _upstream("ignorefile_cases.json"))
+def test_upstream_ignorefile_table(case: dict[str, Any]) -> None:
+    assert read_ignore_file(case["content"]) == case["expected"]
+
+
+@pytest.mark.parametrize("case", _load(TABLES / "read_cases.json"), ids=lambda c: c["name"])
+def test_read_ignore_file_table(case: dict[str, Any]) -> None:
+    assert read_ignore_file(case["text"]) == case["patterns"]
+
+
+def test_from_lines_equals_from_text() -> None:
+    lines = ["# c\n", "*.md\n", "!README.md\n"]
+    by_lines = IgnoreMatcher.from_lines(lines)
+    assert [str(p) for p in by_lines.patterns] == ["*.md", "!README.md"]
+    assert by_lines.excludes("a.md") and not by_lines.excludes("README.md")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "kind", "literal"),
+    [
+        ("a/b.txt", MatchKind.EXACT, "a/b.txt"),
+        ("abc/**", MatchKind.PREFIX, "abc/"),
+        ("**/foo/bar", MatchKind.SUFFIX, "/foo/bar"),
+        ("**", MatchKind.SUFFIX, ""),
+        ("**/*.go", MatchKind.REGEX, ""),
+        ("a]b", MatchKind.REGEX, ""),
+        ("a\\b", MatchKind.REGEX, ""),
+    ],
+)
+def test_match_kind_follows_patternmatcher(pattern: str, kind: MatchKind, literal: str) -> None:
+    compiled = IgnoreMatcher.from_patterns([pattern]).patterns[0]
+    assert (compiled.kind, compiled.literal) == (kind, literal)
+
+
+# ---- grammar and errors --------------------------------------------------------------------
+
+
+def test_grammar_is_the_source_of_the_pattern_syntax() -> None:
+    parser = load_parser("ignore_pattern")
+    assert parser is load_parser("ignore_pattern")  # cached, built once
+    assert parser.options.parser == "lalr"
+    tree = parser.parse("src/**/[^a-c]?.py")
+    segments = [c for c in tree.children if not hasattr(c, "type")]
+    assert len(segments) == 3
+    assert [t.data for t in tree.find_data("ignore_class")]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("a[", "unterminated '['"),
+        ("[^", "unterminated '['"),
+        ("x\\", "trailing '\\'"),
+        ("[]a]", "empty character class"),
+        ("[a-b-c]", "'-' in a character class"),
+        ("[z-a]", "reversed"),
+    ],
+)
+def test_malformed_pattern_error_names_pattern_and_reason(pattern: str, reason: str) -> None:
+    with pytest.raises(IgnorePatternError) as raised:
+        IgnoreMatcher.from_patterns([pattern])
+    assert repr(pattern) in str(raised.value)
+    assert reason in str(raised.value)
+
+
+def test_error_in_ignore_file_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / ".dockerignore").write_text("# header\nok\n\nsrc/[oops\n")
+    with pytest.raises(IgnorePatternError) as raised:
+        load_matcher(tmp_path, None)
+    message = str(raised.value)
+    assert message.startswith(f"{tmp_path / '.dockerignore'}:4: ")
+    assert "'src/[oops'" in message
+
+
+@pytest.mark.parametrize(
+    ("path", "cleaned"),
+    [
+        ("", "."),
+        ("a//b/", "a/b"),
+        ("./a/./b", "a/b"),
+        ("a/../../b", "../b"),
+        ("/../a", "/a"),
+        ("//a", "/a"),
+        ("/", "/"),
+        ("a/..", "."),
+    ],
+)
+def test_clean_path_is_go_clean(path: str, cleaned: str) -> None:
+    assert clean_path(path) == cleaned
+
+
+# ---- ignore file discovery -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("specific", "default", "expected"),
+    [
+        (True, True, "specific"),
+        (True, False, "specific"),
+        (False, True, "default"),
+        (False, False, None),
+    ],
+)
+def test_dockerfile_specific_ignore_file_takes_precedence(
+    tmp_path: Path, specific: bool, default: bool, expected: str | None
+) -> None:
+    dockerfile = tmp_path / "docker" / "build.Dockerfile"
+    dockerfile.parent.mkdir()
+    dockerfile.write_text("FROM scratch\n")
+    paths = {
+        "specific": tmp_path / "docker" / "build.Dockerfile.dockerignore",
+        "default": tmp_path / ".dockerignore",
+    }
+    if specific:
+        paths["specific"].write_text("*.log\n")
+    if default:
+        paths["default"].write_text("*.tmp\n")
+    found = find_ignore_file(tmp_path, dockerfile)
+    assert found == (paths[expected] if expected else None)
+    matcher = load_matcher(tmp_path, dockerfile)
+    assert matcher.source == found
+    assert matcher.excludes("x.log") is (expected == "specific")
+    assert matcher.excludes("x.tmp") is (expected == "default")
+
+
+def test_dockerfile_specific_ignore_file_replaces_not_merges(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "Dockerfile.dockerignore").write_text("")
+    (tmp_path / ".dockerignore").write_text("*\n")
+    matcher = load_matcher(tmp_path, tmp_path / "Dockerfile")
+    assert len(matcher) == 0 and not matcher.excludes("anything")
+
+
+def test_context_ignore_file_used_without_dockerfile(tmp_path: Path) -> None:
+    (tmp_path / ".dockerignore").write_text("secret\n")
+    assert load_matcher(tmp_path, None).excludes("secret/key")
+
+
+# ---- the context walker --------------------------------------------------------------------
+
+
+def _make_tree(root: Path, tree: list[str], ignore: str | None) -> None:
+    if ignore is not None:
+        (root / ".dockerignore").write_text(ignore)
+    for spec in tree:
+        if " -> " in spec:
+            name, target = spec.split(" -> ")
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(target, root / name)
+        elif spec.endswith("/"):
+            (root / spec).mkdir(parents=True, exist_ok=True)
+        else:
+            (root / spec).parent.mkdir(parents=True, exist_ok=True)
+            (root / spec).write_text(spec)
+
+
+def _all_paths(root: Path, rel: str = "") -> Iterator[tuple[str, bool]]:
+    """Every entry, depth-first and sorted by name bytes, with no pruning: (path, is_dir)."""
+    with os.scandir(root / rel if rel else root) as entries:
+        names = sorted(entries, key=lambda e: os.fsencode(e.name))
+    for entry in names:
+        path = f"{rel}{entry.name}"
+        is_dir = entry.is_dir(follow_symlinks=False)
+        yield path, is_dir
+        if is_dir:
+            yield from _all_paths(root, path + "/")
+
+
+def _reference_walk(root: Path, matcher: IgnoreMatcher) -> list[str]:
+    """What the walker must yield, from excludes() alone: included entries, plus excluded
+    directories that have an included descendant."""
+    entries = list(_all_paths(root))
+    included = {path for path, _ in entries if not matcher.excludes(path)}
+    wanted = set(included)
+    for path in included:
+        parts = path.split("/")
+        wanted.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return [path for path, _ in entries if path in wanted]
+
+
+@pytest.fixture
+def opened_dirs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Directories the walker lists (instrumenting its one scandir call site)."""
+    opened: list[str] = []
+    real = ignore_module._scan_sorted
+
+    def recording(fspath: str) -> Iterator[os.DirEntry[str]]:
+        opened.append(fspath)
+        return real(fspath)
+
+    monkeypatch.setattr(ignore_module, "_scan_sorted", recording)
+    return opened
+
+
+@pytest.mark.parametrize("case", _load(TABLES / "walk_cases.json"), ids=lambda c: c["name"])
+def test_walk_table(tmp_path: Path, case: dict[str, Any], opened_dirs: list[str]) -> None:
+    _make_tree(tmp_path, case["tree"], case["ignore"])
+    matcher = load_matcher(tmp_path, None)
+    entries = list(walk_context(tmp_path, matcher))
+    assert [e.path for e in entries] == case["expected"]
+    assert [e.path for e in entries] == _reference_walk(tmp_path, matcher)
+    opened = {os.path.relpath(p, tmp_path) for p in opened_dirs}
+    for never in case["never_opened"]:
+        assert never not in opened, f"{never} was listed although nothing in it can be included"
+    for entry in entries:
+        assert entry.fspath == str(tmp_path / entry.path)
+        assert entry.kind is EntryKind.SYMLINK or not os.path.islink(entry.fspath)
+
+
+def test_walk_entry_kinds_and_lstat(tmp_path: Path) -> None:
+    _make_tree(tmp_path, ["f", "d/", "l -> d"], None)
+    os.mkfifo(tmp_path / "p")
+    entries = {e.path: e for e in walk_context(tmp_path, IgnoreMatcher(()))}
+    assert {path: e.kind for path, e in entries.items()} == {
+        "d": EntryKind.DIR,
+        "f": EntryKind.FILE,
+        "l": EntryKind.SYMLINK,
+        "p": EntryKind.OTHER,
+    }
+    assert stat.S_ISLNK(entries["l"].stat.st_mode)  # lstat, not the target's stat
+    assert entries["l"].stat.st_ino == os.lstat(tmp_path / "l").st_ino
+
+
+def test_walk_does_not_descend_into_symlinked_directory(
+    tmp_path: Path, opened_dirs: list[str]
+) -> None:
+    _make_tree(tmp_path, ["target/inner", "link -> target"], "target\n")
+    assert [e.path for e in walk_context(tmp_path, load_matcher(tmp_path, None))] == [
+        ".dockerignore",
+        "link",
+    ]
+    assert opened_dirs == [str(tmp_path)]
+
+
+def test_walk_without_patterns_never_matches(tmp_path: Path) -> None:
+    _make_tree(tmp_path, ["a/b/c"], None)
+
+    class Exploding(IgnoreMatcher):
+        def _decide(self, path: str, floor: int) -> int:
+            raise AssertionError("matching work with no patterns")
+
+    assert [e.path for e in walk_context(tmp_path, Exploding(()))] == ["a", "a/b", "a/b/c"]
+
+
+def test_walk_missing_context_is_a_context_error(tmp_path: Path) -> None:
+    with pytest.raises(ContextError, match="cannot read build context"):
+        list(walk_context(tmp_path / "missing", IgnoreMatcher(())))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads directories whatever their mode")
+def test_unreadable_directory_excluded_is_skipped_included_is_an_error(tmp_path: Path) -> None:
+    _make_tree(tmp_path, ["locked/x", "ok"], "*\n!**/x\n")
+    (tmp_path / "locked").chmod(0)
+    try:
+        # Excluded, descended because of the wildcard exception, unreadable: skipped (fsutil).
+        assert [e.path for e in walk_context(tmp_path, load_matcher(tmp_path, None))] == []
+        with pytest.raises(ContextError, match="locked: cannot read directory"):
+            list(walk_context(tmp_path, IgnoreMatcher(())))
+    finally:
+        (tmp_path / "locked").chmod(0o755)
