@@ -17,7 +17,13 @@ exact quirks, so this module reproduces that lexer's behaviour rather than POSIX
 * ``${v//p/r}`` substitutes like Go's ``Regexp.ReplaceAllString`` (so ``$0`` in ``r`` is the
   match and ``$$`` a dollar), ``${v/p/r}`` inserts ``r`` literally;
 * word splitting (ProcessWords) splits on unquoted, unescaped whitespace (Go's
-  ``unicode.IsSpace``), including whitespace that came out of an unquoted expansion.
+  ``unicode.IsSpace``), including whitespace that came out of an unquoted expansion, even when
+  it was quoted inside the ``${...}`` (``${a:-"x y"}`` is two words);
+* a byte-order mark at the very start of a word or pattern is dropped (Go's text/scanner).
+
+Patterns with two or more ``*`` run on a linear-time matcher instead of Python's backtracking
+regex, which would take time polynomial in the value's length of the star count's degree where
+Go's RE2 stays linear.
 
 Deliberate departures, all in error cases: ``${name`` cut off right after the name reports
 ``missing '}'`` (BuildKit says ``unsupported modifier (\\ufffd)``), ``\\`` at the end of a
@@ -498,6 +504,11 @@ def _match_starts(reverse: _Glob, value: str) -> list[bool]:
     return starts
 
 
+@lru_cache(maxsize=256)
+def _glob(tokens: tuple[_Token, ...]) -> _Glob:
+    return _Glob(tokens)
+
+
 def _many_stars(tokens: tuple[_Token, ...]) -> bool:
     return sum(1 for tok in tokens if tok == _STAR) >= 2
 
@@ -512,8 +523,8 @@ class _Finder:
         self.regex: re.Pattern[str] | None = None
         self.glob: _Glob | None = None
         if _many_stars(tokens):
-            self.glob = _Glob(tokens)
-            self.reverse = _Glob(tokens[::-1])
+            self.glob = _glob(tokens)
+            self.reverse = _glob(tokens[::-1])
         else:
             self.regex = _tokens_regex(tokens, greedy=True, anchored=False)
         self.value: str | None = None
@@ -538,7 +549,7 @@ def _prefix_end(pattern: str, value: str, greedy: bool) -> int | None:
     """End of the shortest (greedy: longest) prefix of ``value`` matching ``pattern``."""
     tokens = _pattern_tokens(pattern)
     if _many_stars(tokens):
-        return _Glob(tokens).match_at(value, 0, longest=greedy)
+        return _glob(tokens).match_at(value, 0, longest=greedy)
     found = _tokens_regex(tokens, greedy=greedy, anchored=True).match(value)
     return found.end() if found is not None else None
 
