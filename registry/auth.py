@@ -401,17 +401,24 @@ class Authenticator:
             self._tokens[tuple(sorted(set(scopes)))] = token
             return True
 
-    def explain(self, err: ResponseError) -> ResponseError:
-        """Add what to do to a final 401."""
+    def explain(self, err: ResponseError, scopes: tuple[str, ...] = ()) -> ResponseError:
+        """Rewrite a final 401 as one line that says what to do."""
+        repos = sorted({s.split(":")[1] for s in scopes if s.startswith("repository:")})
+        target = f"{self.registry}/{repos[0]}" if repos else self.registry
         if self.login_mode:
-            err.args = (f"login to {self.registry} failed: {err.args[0]}",)
-        elif "pybuild login" not in str(err):
-            who = (
-                "anonymous access was refused"
-                if self.credentials.anonymous
-                else f"credentials from {self.credentials.source or 'the command line'} were refused"
+            message = f"login to {self.registry} failed: wrong username or password ({err})"
+        elif self.credentials.anonymous:
+            message = (
+                f"unauthorized: authentication required for {target} — run pybuild login "
+                f"{self.registry}"
             )
-            err.args = (f"{err.args[0]}; {who} — run pybuild login {self.registry}",)
+        else:
+            source = self.credentials.source or "the command line"
+            message = (
+                f"unauthorized: {self.registry} refused the credentials from {source} for "
+                f"{target} — run pybuild login {self.registry}"
+            )
+        err.args = (redact(message),)
         return err
 
     # -- token server --------------------------------------------------------------------
@@ -465,14 +472,13 @@ class Authenticator:
 
             err = error_from_response(response, what=f"token for {self.registry}")
             if response.status_code in (401, 403):
-                what = "anonymous" if creds.anonymous else f"user {creds.username or '<token>'}"
                 raise self.explain(
                     AuthenticationError(
-                        f"unauthorized: the token server of {self.registry} refused {what}"
-                        f" for {' '.join(scopes) or 'login'}",
+                        "the token server refused the credentials",
                         status=response.status_code,
                         codes=err.codes,
-                    )
+                    ),
+                    scopes,
                 )
             raise err
         try:

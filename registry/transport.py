@@ -451,7 +451,7 @@ class Transport:
                 response, what=what or f"{method} {redact_url(url)}", hint=hint, body=body
             )
             if status == 401 and self.auth is not None:
-                err = self.auth.explain(err)
+                err = self.auth.explain(err, scopes)
             retry_after = err.retry_after if isinstance(err, RateLimited) else None
             if (
                 retry
