@@ -1,0 +1,333 @@
+"""The pre-pass: raw Dockerfile text to parser directives and one logical line per instruction.
+
+What a context-free grammar cannot say lives here, mirroring BuildKit's line scanner
+(``frontend/dockerfile/parser/parser.go``): the UTF-8 BOM, CRLF, the parser-directive block
+(whose ``escape`` picks the continuation character), escape-aware line joining (comment and
+blank lines inside a continued instruction are dropped; blank ones earn a warning), and
+heredoc bodies, which run to their delimiter line. Everything else is the grammar's job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from builder.errors import DockerfileSyntaxError
+
+BOM = "\ufeff"
+DIRECTIVE_NAMES = ("syntax", "escape", "check")
+_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
+_SHEBANG = re.compile(r"^#!")
+# BuildKit's continuation regex: an escape character that is not itself escaped, then only
+# blanks to the end of the line; or a line holding nothing but the escape character.
+_CONTINUATION = {
+    "\\": re.compile(r"(?:(?<=[^\\])|^)\\[ \t]*$"),
+    "`": re.compile(r"(?:(?<=[^`])|^)`[ \t]*$"),
+}
+_HEREDOC_INSTRUCTIONS = frozenset({"RUN", "COPY", "ADD"})
+_HEREDOC_WORD = re.compile(r"^(\d*)<<(-?)([^<]*)$")
+_RAW_WORD = re.compile(r"""(?:[^\s"'\\]|\\.|\\$|"(?:[^"\\]|\\.|\\$)*"?|'[^']*'?)+""", re.S)
+_LEADING_FLAGS = re.compile(r"""(?:--(?:[^\s"'\\]|\\.|"(?:[^"\\]|\\.)*"?|'[^']*'?)*\s*)*""")
+_FIRST_WORD = re.compile(r"(\S+)\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Where something is: file name, first and last line (1-based), column where known."""
+
+    filename: str
+    line: int
+    end_line: int
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.filename}:{self.line}"
+        return where if self.column is None else f"{where}:{self.column}"
+
+
+@dataclass(frozen=True, slots=True)
+class Heredoc:
+    """One heredoc body: delimiter name, content as written, and its delimiter options."""
+
+    name: str
+    content: str
+    expand: bool = True  # False when any part of the delimiter was quoted
+    chomp: bool = False  # <<-EOF: leading tabs are stripped when the body is used
+    fd: int = 0  # 3<<EOF
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "content": self.content,
+            "expand": self.expand,
+            "chomp": self.chomp,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Directive:
+    """A parser directive (``# syntax=…``, ``# escape=…``, ``# check=…``) and its line."""
+
+    name: str
+    value: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Warning:
+    """A non-fatal finding (deprecated or suspicious syntax) with its location."""
+
+    message: str
+    span: Span
+    rule: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.span}: warning: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogicalLine:
+    """One instruction after line joining: its text and where it came from."""
+
+    text: str
+    span: Span
+    indent: int  # characters of leading whitespace stripped from the first physical line
+    heredocs: tuple[Heredoc, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """The pre-pass result: directives, the escape character, logical lines, warnings."""
+
+    filename: str
+    escape: str
+    directives: tuple[Directive, ...]
+    lines: tuple[LogicalLine, ...]
+    warnings: tuple[Warning, ...] = field(default=())
+
+
+def raw_words(line: str) -> list[str]:
+    """Shell-like words with quotes and backslashes kept (BuildKit's raw heredoc scan)."""
+    return _RAW_WORD.findall(line)
+
+
+def unquote(word: str) -> str:
+    """Quote removal for a heredoc delimiter: '…' literal, "…" and bare text take ``\\`` escapes."""
+    out: list[str] = []
+    i, n = 0, len(word)
+    quote = ""
+    while i < n:
+        c = word[i]
+        if quote == "'":
+            if c == "'":
+                quote = ""
+            else:
+                out.append(c)
+        elif c == "\\" and i + 1 < n:
+            nxt = word[i + 1]
+            if quote == '"' and nxt not in '"\\$`':
+                out.append(c)
+            out.append(nxt)
+            i += 1
+        elif c == "\\":
+            pass
+        elif quote == '"' and c == '"':
+            quote = ""
+        elif not quote and c in "'\"":
+            quote = c
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def parse_heredoc_word(word: str) -> Heredoc | None:
+    """The heredoc a raw word introduces (``<<EOF``, ``<<-"EOF"``, ``3<<EOF``), or None."""
+    match = _HEREDOC_WORD.match(word)
+    if not match:
+        return None
+    fd, dash, rest = match.groups()
+    if not rest:
+        return None
+    if len(raw_words(rest)) != 1:
+        return None
+    name = unquote(rest)
+    if not name:
+        return None
+    # A delimiter with any quoted part disables expansion (BuildKit compares quote counts of
+    # the word with and without quote removal).
+    quoted = (name.count("'") + name.count('"')) != (rest.count("'") + rest.count('"'))
+    return Heredoc(name=name, content="", expand=not quoted, chomp=dash == "-", fd=int(fd or 0))
+
+
+def _is_json_array(rest: str) -> bool:
+    rest = rest.lstrip()
+    if not rest.startswith("["):
+        return False
+    try:
+        value, _ = json.JSONDecoder().raw_decode(rest)
+    except ValueError:
+        return False
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _heredoc_markers(line: str) -> list[Heredoc]:
+    """Heredocs a logical line opens: only RUN/COPY/ADD (also as ONBUILD triggers), not JSON."""
+    match = _FIRST_WORD.match(line)
+    if not match:
+        return []
+    keyword = match.group(1).upper()
+    rest = line[match.end() :]
+    if keyword == "ONBUILD":
+        rest = rest[_LEADING_FLAGS.match(rest).end() :]  # type: ignore[union-attr]
+        match = _FIRST_WORD.match(rest)
+        if not match:
+            return []
+        keyword = match.group(1).upper()
+        rest = rest[match.end() :]
+    if keyword not in _HEREDOC_INSTRUCTIONS:
+        return []
+    if _is_json_array(rest[_LEADING_FLAGS.match(rest).end() :]):  # type: ignore[union-attr]
+        return []
+    found = (parse_heredoc_word(w) for w in raw_words(line))
+    return [h for h in found if h is not None]
+
+
+def _is_comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
+
+
+class _DirectiveBlock:
+    """BuildKit's DirectiveParser: directives only at the top, each name once, known names."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.done = False
+        self.found: list[Directive] = []
+
+    def feed(self, line: str, lineno: int) -> bool:
+        if self.done:
+            return False
+        if lineno == 1 and _SHEBANG.match(line):
+            return False
+        match = _DIRECTIVE.match(line)
+        if not match:
+            self.done = True
+            return False
+        name = match.group(1).lower()
+        if name not in DIRECTIVE_NAMES:
+            self.done = True
+            return False
+        if any(d.name == name for d in self.found):
+            raise DockerfileSyntaxError(
+                f"only one {name} parser directive can be used",
+                filename=self.filename,
+                line=lineno,
+            )
+        value = match.group(2)
+        if name == "escape" and value not in ("\\", "`"):
+            raise DockerfileSyntaxError(
+                f"invalid escape token '{value}' does not match ` or \\",
+                filename=self.filename,
+                line=lineno,
+            )
+        self.found.append(Directive(name, value, lineno))
+        return True
+
+    @property
+    def escape(self) -> str:
+        for d in self.found:
+            if d.name == "escape":
+                return d.value
+        return "\\"
+
+
+def split_source(text: str, filename: str = "Dockerfile") -> Source:
+    """Split a Dockerfile into directives and logical lines (see the module docstring)."""
+    if text.startswith(BOM):
+        text = text[1:]
+    physical = text.split("\n")
+    if physical and physical[-1] == "":
+        physical.pop()
+    # Go's bufio scanner plus trimNewline: a line's trailing "\r" characters are not content.
+    lines = [p.rstrip("\r") for p in physical]
+    block = _DirectiveBlock(filename)
+    escape = "\\"
+    continuation = _CONTINUATION[escape]
+    logical: list[LogicalLine] = []
+    warnings: list[Warning] = []
+    n = len(lines)
+    i = 0
+    while i < n:
+        first = lines[i]
+        i += 1
+        token = first.lstrip()
+        if not block.done and block.feed(token, i):
+            if block.escape != escape:
+                escape = block.escape
+                continuation = _CONTINUATION[escape]
+            continue
+        if token.startswith("#") or not token:
+            continue
+        start = i
+        indent = len(first) - len(token)
+        cont = continuation.search(token)
+        if cont is None:
+            joined = token
+        else:
+            parts = [token[: cont.start()]]
+            empty_continuation = False
+            while i < n:
+                line = lines[i]
+                i += 1
+                if _is_comment(line):
+                    continue
+                if not line.strip():
+                    empty_continuation = True
+                    continue
+                cont = continuation.search(line)
+                if cont is None:
+                    parts.append(line)
+                    break
+                parts.append(line[: cont.start()])
+            joined = "".join(parts)
+            if empty_continuation:
+                warnings.append(
+                    Warning(
+                        f"empty continuation line found in: {joined.strip()} (empty "
+                        "continuation lines will become errors in a future release)",
+                        Span(filename, start, i),
+                        "NoEmptyContinuation",
+                    )
+                )
+        heredocs: tuple[Heredoc, ...] = ()
+        if "<<" in joined:
+            markers = _heredoc_markers(joined)
+            bodies: list[Heredoc] = []
+            for marker in markers:
+                body: list[str] = []
+                terminated = False
+                while i < n:
+                    line = lines[i]
+                    i += 1
+                    candidate = line.lstrip("\t") if marker.chomp else line
+                    if candidate == marker.name:
+                        terminated = True
+                        break
+                    body.append(physical[i - 1] + "\n")
+                if not terminated:
+                    raise DockerfileSyntaxError(
+                        f"unterminated heredoc {marker.name!r} (no line {marker.name!r} "
+                        "before the end of the file)",
+                        filename=filename,
+                        line=start,
+                    )
+                bodies.append(
+                    Heredoc(marker.name, "".join(body), marker.expand, marker.chomp, marker.fd)
+                )
+            heredocs = tuple(bodies)
+        logical.append(LogicalLine(joined.rstrip(), Span(filename, start, i), indent, heredocs))
+    if not logical:
+        raise DockerfileSyntaxError("file with no instructions", filename=filename, line=max(n, 1))
+    return Source(filename, escape, tuple(block.found), tuple(logical), tuple(warnings))

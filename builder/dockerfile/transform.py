@@ -1,0 +1,840 @@
+"""Lark tree to nodes (the syntax pass), and nodes to typed instructions (the typed pass).
+
+The syntax pass gives each instruction what BuildKit's parser gives it (flags, arguments,
+JSON form, heredocs) and turns grammar failures into located DockerfileSyntaxErrors with a
+message per instruction. The typed pass adds what ``docker build`` checks before it runs
+anything: known instruction names (with a "did you mean"), the flag set of each instruction
+(BuildKit's current one), argument counts, ``--mount`` specs, HEALTHCHECK options, ONBUILD
+restrictions, FROM … AS names, and that there is a FROM.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterable
+
+from lark import Token, Tree
+
+from builder.dockerfile import instructions as ins
+from builder.dockerfile.grammar import GrammarError, parse_tree
+from builder.dockerfile.instructions import MountSpec, Node
+from builder.dockerfile.source import Heredoc, Source, Span, Warning
+from builder.errors import (
+    DockerfileError,
+    DockerfileSyntaxError,
+    InvalidFlagError,
+    UnknownInstructionError,
+)
+
+KNOWN_INSTRUCTIONS = [
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+]
+
+# BuildKit's flag sets (frontend/dockerfile/instructions/parse.go, dockerfile 1.x stable).
+# kind: "s" string, "b" boolean (bare flag means true), "l" repeatable string list.
+FLAGS: dict[str, dict[str, str]] = {
+    "FROM": {"platform": "s"},
+    "RUN": {"mount": "l", "network": "s", "security": "s"},
+    "COPY": {
+        "from": "s",
+        "chown": "s",
+        "chmod": "s",
+        "link": "b",
+        "parents": "b",
+        "exclude": "l",
+    },
+    "ADD": {
+        "chown": "s",
+        "chmod": "s",
+        "link": "b",
+        "checksum": "s",
+        "keep-git-dir": "b",
+        "unpack": "b",
+        "exclude": "l",
+    },
+    "HEALTHCHECK": {
+        "interval": "s",
+        "timeout": "s",
+        "start-period": "s",
+        "start-interval": "s",
+        "retries": "s",
+    },
+}
+NETWORK_MODES = ("default", "none", "host")
+SECURITY_MODES = ("sandbox", "insecure")
+MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
+_STAGE_NAME = re.compile(r"^[a-z][a-z0-9\-_.]*$")
+
+_KEYWORD_OF_RULE = {
+    "from_": "FROM",
+    "run": "RUN",
+    "cmd": "CMD",
+    "entrypoint": "ENTRYPOINT",
+    "shell": "SHELL",
+    "copy": "COPY",
+    "add": "ADD",
+    "volume": "VOLUME",
+    "env": "ENV",
+    "label": "LABEL",
+    "arg": "ARG",
+    "expose": "EXPOSE",
+    "user": "USER",
+    "workdir": "WORKDIR",
+    "maintainer": "MAINTAINER",
+    "stopsignal": "STOPSIGNAL",
+    "healthcheck": "HEALTHCHECK",
+    "onbuild": "ONBUILD",
+}
+
+
+def suggest(word: str, candidates: Iterable[str]) -> str | None:
+    """The closest candidate (case-insensitive), as BuildKit's suggest package picks it."""
+    pool = list(candidates)
+    lowered = {c.lower(): c for c in pool}
+    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[match[0]] if match else None
+
+
+# ---------------------------------------------------------------- syntax pass
+
+
+def unquote_flag(raw: str) -> str:
+    """A flag word with quotes removed and backslash escapes applied (extractBuilderFlags)."""
+    if "'" not in raw and '"' not in raw and "\\" not in raw:
+        return raw
+    out: list[str] = []
+    quote = ""
+    i, n = 0, len(raw)
+    while i < n:
+        c = raw[i]
+        if quote:
+            if c == quote:
+                quote = ""
+            elif c == "\\":
+                if i + 1 < n:
+                    i += 1
+                    out.append(raw[i])
+            else:
+                out.append(c)
+        elif c in "'\"":
+            quote = c
+        elif c == "\\":
+            if i + 1 < n:
+                i += 1
+                out.append(raw[i])
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+class SyntaxPass:
+    """Builds nodes from the Lark tree of one pre-processed file."""
+
+    def __init__(self, source: Source, text: str) -> None:
+        self.source = source
+        self.text = text
+        self.first_line = len(source.directives) + 1  # Lark line of the first logical line
+        self.warnings: list[Warning] = []
+
+    def logical(self, token: Token) -> int:
+        return (token.line or 1) - self.first_line
+
+    def nodes(self, tree: Tree) -> list[Node]:
+        out: list[Node] = []
+        for part in tree.children:
+            if not isinstance(part, Tree) or part.data == "directive":
+                continue
+            # preamble and stage hold instruction trees directly
+            for child in part.children:
+                if isinstance(child, Tree):
+                    out.append(self.node(child, None))
+        return out
+
+    def node(self, tree: Tree, index: int | None) -> Node:
+        children = tree.children
+        head = children[0]
+        assert isinstance(head, Token)
+        if index is None:
+            index = self.logical(head)
+        line = self.source.lines[index]
+        rule = str(tree.data)
+        keyword = _KEYWORD_OF_RULE.get(rule) or str(head).upper()
+        flags: tuple[str, ...] = ()
+        rest = children[1:]
+        if rest and isinstance(rest[0], Tree) and str(rest[0].data).endswith("_flags"):
+            flags = tuple(unquote_flag(str(t)) for t in rest[0].children if t.type == "FLAG")  # type: ignore[union-attr]
+            rest = rest[1:]
+        args: tuple[str, ...] = ()
+        json_form = False
+        trigger: Node | None = None
+        heredocs: tuple[Heredoc, ...] = ()
+        if rule == "onbuild":
+            if rest:
+                sub = rest[0]
+                assert isinstance(sub, Tree) and isinstance(sub.children[0], Tree)
+                trigger = self.node(sub.children[0], index)
+        elif rule in ("healthcheck",):
+            if rest:
+                sub = rest[0]
+                assert isinstance(sub, Tree)
+                kind = str(sub.children[0])
+                args, json_form = self.command_args(keyword, sub.children[1:], line.span)
+                args = (kind, *args)
+        else:
+            args, json_form = self.args(rule, keyword, rest, line.span)
+            if line.heredocs and rule in ("run", "copy", "add") and not json_form:
+                heredocs = line.heredocs
+        return Node(
+            keyword=keyword,
+            span=line.span,
+            flags=flags,
+            args=args,
+            json_form=json_form,
+            heredocs=heredocs,
+            trigger=trigger,
+            original=line.text,
+        )
+
+    def command_args(
+        self, keyword: str, rest: list[Tree | Token], span: Span
+    ) -> tuple[tuple[str, ...], bool]:
+        if not rest:
+            return (), False
+        sub = rest[0]
+        assert isinstance(sub, Tree)
+        token = sub.children[0]
+        assert isinstance(token, Token)
+        if sub.data == "exec_form":
+            return tuple(self.json_array(str(token))), True
+        value = str(token)
+        self.check_json_like(keyword, value, span)
+        return (value,), False
+
+    def json_array(self, text: str) -> list[str]:
+        value, _ = json.JSONDecoder().raw_decode(text)
+        return list(value)
+
+    def check_json_like(self, keyword: str, value: str, span: Span) -> None:
+        """BuildKit's JSON-or-shell rule: a JSON array of non-strings is an error; text that
+        starts with "[" but is not JSON runs in shell form (worth a warning)."""
+        if not value.startswith("["):
+            return
+        try:
+            decoded, _ = json.JSONDecoder().raw_decode(value)
+        except ValueError:
+            self.warnings.append(
+                Warning(
+                    f"{keyword} arguments look like a JSON array but are not valid JSON; "
+                    "they are used in shell form",
+                    span,
+                    "JSONArgsInvalid",
+                )
+            )
+            return
+        if isinstance(decoded, list):
+            raise DockerfileSyntaxError(
+                "when using JSON array syntax, arrays must be comprised of strings only",
+                filename=span.filename,
+                line=span.line,
+            )
+
+    def args(
+        self, rule: str, keyword: str, rest: list[Tree | Token], span: Span
+    ) -> tuple[tuple[str, ...], bool]:
+        if rule in ("cmd", "entrypoint", "shell"):
+            return self.command_args(keyword, rest, span)
+        if not rest:
+            return (), False
+        if rule == "run":
+            sub = rest[0]
+            assert isinstance(sub, Tree)
+            if sub.data == "heredoc_command":
+                first, last = sub.children[0], sub.children[-1]
+                assert isinstance(first, Token) and isinstance(last, Token)
+                return (self.text[first.start_pos : last.end_pos],), False
+            return self.command_args(keyword, rest, span)
+        if rule in ("copy", "add", "volume"):
+            sub = rest[0]
+            assert isinstance(sub, Tree)
+            if sub.data == "exec_form":
+                return tuple(self.json_array(str(sub.children[0]))), True
+            words = tuple(str(t) for t in sub.children)
+            if words[0].startswith("["):
+                self.check_json_like(keyword, " ".join(words), span)
+            return words, False
+        if rule in ("env", "label"):
+            out: list[str] = []
+            for sub in rest:
+                assert isinstance(sub, Tree)
+                if sub.data == "legacy_pair":
+                    out.extend(str(t) for t in sub.children)
+                else:
+                    key, _, value = str(sub.children[0]).partition("=")
+                    out.extend((key, value))
+            return tuple(out), False
+        if rule == "arg":
+            return tuple(str(t.children[0]) for t in rest if isinstance(t, Tree)), False
+        if rule in ("from_",):
+            return tuple(str(t) for t in rest), False
+        if rule == "expose":
+            sub = rest[0]
+            assert isinstance(sub, Tree)
+            return tuple(str(t) for t in sub.children), False
+        # USER, WORKDIR, MAINTAINER, STOPSIGNAL and unknown instructions: the rest of the line
+        sub = rest[0]
+        assert isinstance(sub, Tree)
+        return (str(sub.children[0]),), False
+
+
+def _syntax_message(line_text: str, error: GrammarError) -> str:
+    keyword = line_text.split(None, 1)[0].upper() if line_text.strip() else ""
+    seen = error.seen
+    if keyword == "FROM":
+        return "FROM requires either one or three arguments (FROM [--platform=…] image [AS name])"
+    if keyword in ("ENV", "LABEL"):
+        if seen == "end of line":
+            return f"{keyword} must have two arguments"
+        return f"Syntax error - can't find = in {seen!r}. Must be of the form: name=value"
+    if keyword == "ONBUILD":
+        return f"ONBUILD trigger is not a valid instruction: unexpected {seen!r}"
+    return f"{keyword or 'instruction'}: unexpected {seen!r}"
+
+
+def syntax_pass(source: Source) -> tuple[list[Node], list[Warning]]:
+    """Parse the pre-processed source with the grammar and build its nodes."""
+    parts = [d_line for d_line in _directive_lines(source)]
+    parts.extend(line.text for line in source.lines)
+    text = "\n".join(parts) + "\n"
+    try:
+        tree = parse_tree(text, source.escape)
+    except GrammarError as e:
+        index = e.line - len(source.directives) - 1
+        if 0 <= index < len(source.lines):
+            line = source.lines[index]
+            column = None
+            if line.span.line == line.span.end_line and e.column:
+                column = e.column + line.indent
+            raise DockerfileSyntaxError(
+                _syntax_message(line.text, e),
+                filename=source.filename,
+                line=line.span.line,
+                column=column,
+            ) from None
+        raise DockerfileSyntaxError(
+            f"unexpected {e.seen!r}", filename=source.filename, line=None
+        ) from None
+    builder = SyntaxPass(source, text)
+    try:
+        nodes = builder.nodes(tree)
+    except DockerfileError:
+        raise
+    except (ValueError, AssertionError, IndexError) as e:  # a grammar/transform mismatch
+        raise DockerfileSyntaxError(f"cannot parse: {e}", filename=source.filename) from None
+    return nodes, builder.warnings
+
+
+def _directive_lines(source: Source) -> list[str]:
+    return [f"# {d.name}={d.value}" for d in source.directives]
+
+
+# ---------------------------------------------------------------- typed pass
+
+
+class FlagValues:
+    """Parsed ``--name=value`` flags of one instruction, validated against its flag set."""
+
+    def __init__(self, node: Node, allowed: dict[str, str]) -> None:
+        self.values: dict[str, str | bool | list[str]] = {}
+        for flag in node.flags:
+            if not flag.startswith("--"):
+                raise _err(InvalidFlagError, node, f"arg should start with -- : {flag}")
+            name, eq, value = flag[2:].partition("=")
+            kind = allowed.get(name)
+            if kind is None:
+                hint = suggest(name, allowed)
+                message = f"unknown flag: {name}"
+                if hint:
+                    message += f" (did you mean {hint}?)"
+                elif not allowed:
+                    message += f" ({node.keyword} takes no flags)"
+                else:
+                    known = ", ".join(f"--{k}" for k in allowed)
+                    message += f" ({node.keyword} accepts {known})"
+                raise _err(InvalidFlagError, node, message)
+            if kind == "l":
+                existing = self.values.setdefault(name, [])
+                assert isinstance(existing, list)
+                if not eq:
+                    raise _err(InvalidFlagError, node, f"Missing a value on flag: {name}")
+                existing.append(value)
+                continue
+            if name in self.values:
+                raise _err(InvalidFlagError, node, f"duplicate flag specified: {name}")
+            if kind == "b":
+                if not eq or value.lower() in ("true", "1", "t"):
+                    self.values[name] = True
+                elif value.lower() in ("false", "0", "f", ""):
+                    self.values[name] = False
+                else:
+                    raise _err(
+                        InvalidFlagError,
+                        node,
+                        f"expecting boolean value for flag {name}, not: {value}",
+                    )
+            else:
+                if not eq:
+                    raise _err(InvalidFlagError, node, f"Missing a value on flag: {name}")
+                self.values[name] = value
+
+    def string(self, name: str) -> str | None:
+        value = self.values.get(name)
+        return value if isinstance(value, str) else None
+
+    def boolean(self, name: str) -> bool | None:
+        value = self.values.get(name)
+        return value if isinstance(value, bool) else None
+
+    def strings(self, name: str) -> list[str]:
+        value = self.values.get(name)
+        return value if isinstance(value, list) else []
+
+
+def _err(cls: type[DockerfileError], node: Node, message: str) -> DockerfileError:
+    return cls(message, filename=node.span.filename, line=node.span.line)
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float | None:
+    """Go's time.ParseDuration, in seconds; None when malformed."""
+    if text in ("0", "+0", "-0"):
+        return 0.0
+    body = text.lstrip("+-")
+    sign = -1.0 if text.startswith("-") else 1.0
+    if not body:
+        return None
+    total, pos = 0.0, 0
+    while pos < len(body):
+        match = _DURATION_PART.match(body, pos)
+        if not match:
+            return None
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    return sign * total
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?$", re.I)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_mount(spec: str, node: Node) -> MountSpec:
+    """One ``--mount`` value (CSV of key=value) into a MountSpec, with BuildKit's checks."""
+    fields: dict[str, str | None] = {}
+    for part in _csv_fields(spec):
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        fields[key] = value if eq else None
+    mount_type = (fields.pop("type", None) or "bind").lower()
+    if mount_type not in MOUNT_TYPES:
+        raise _err(InvalidFlagError, node, f"unsupported mount type {mount_type!r}")
+    target = None
+    for key in ("target", "dst", "destination"):
+        if key in fields:
+            target = fields.pop(key)
+    source = None
+    for key in ("source", "src"):
+        if key in fields:
+            source = fields.pop(key)
+    readonly: bool | None = None
+    for key in ("readonly", "ro"):
+        if key in fields:
+            readonly = _bool_field(fields.pop(key), key, node)
+    if "rw" in fields:
+        rw = _bool_field(fields.pop("rw"), "rw", node)
+        readonly = not rw
+    from_ = fields.pop("from", None)
+    mount_id = fields.pop("id", None)
+    sharing = fields.pop("sharing", None)
+    if sharing is not None and sharing not in ("shared", "private", "locked"):
+        raise _err(InvalidFlagError, node, f"unsupported sharing value {sharing!r}")
+    mode = _int_field(fields.pop("mode", None), "mode", node, base=8)
+    uid = _int_field(fields.pop("uid", None), "uid", node)
+    gid = _int_field(fields.pop("gid", None), "gid", node)
+    size: int | None = None
+    if "size" in fields:
+        raw = fields.pop("size") or ""
+        match = _SIZE.match(raw.strip())
+        if not match:
+            raise _err(InvalidFlagError, node, f"invalid size {raw!r} in --mount")
+        unit = (match.group(2) or "").lower().rstrip("b").rstrip("i")
+        size = int(float(match.group(1)) * _SIZE_UNITS.get(unit, 1))
+    required = None
+    if "required" in fields:
+        required = _bool_field(fields.pop("required"), "required", node)
+    env = fields.pop("env", None)
+    allowed_extra = {"relabel"}
+    unknown = [k for k in fields if k not in allowed_extra]
+    if unknown:
+        known = [
+            "type",
+            "target",
+            "source",
+            "from",
+            "id",
+            "readonly",
+            "rw",
+            "sharing",
+            "mode",
+            "uid",
+            "gid",
+            "size",
+            "required",
+            "env",
+        ]
+        hint = suggest(unknown[0], known)
+        message = f"unexpected key '{unknown[0]}' in '{spec}'"
+        if hint:
+            message += f" (did you mean {hint}?)"
+        raise _err(InvalidFlagError, node, message)
+    if mount_type in ("bind", "cache", "tmpfs") and not target:
+        raise _err(InvalidFlagError, node, f"mount type {mount_type} requires a target (target=…)")
+    if mount_type == "secret" and not target and not mount_id and not env and not source:
+        raise _err(InvalidFlagError, node, "secret mount requires an id, target or env")
+    if from_ is not None and mount_type not in ("bind", "cache"):
+        raise _err(InvalidFlagError, node, f"from= is not allowed on a {mount_type} mount")
+    return MountSpec(
+        type=mount_type,
+        target=target,
+        source=source,
+        from_=from_,
+        id=mount_id,
+        readonly=readonly,
+        sharing=sharing,
+        mode=mode,
+        uid=uid,
+        gid=gid,
+        size=size,
+        required=required,
+        env=env,
+        raw=spec,
+    )
+
+
+def _csv_fields(spec: str) -> list[str]:
+    """Go's encoding/csv on one record: commas separate, double quotes group."""
+    out: list[str] = []
+    field: list[str] = []
+    quoted = False
+    i = 0
+    while i < len(spec):
+        c = spec[i]
+        if quoted:
+            if c == '"':
+                if i + 1 < len(spec) and spec[i + 1] == '"':
+                    field.append('"')
+                    i += 1
+                else:
+                    quoted = False
+            else:
+                field.append(c)
+        elif c == '"':
+            quoted = True
+        elif c == ",":
+            out.append("".join(field))
+            field = []
+        else:
+            field.append(c)
+        i += 1
+    out.append("".join(field))
+    return [f for f in out if f]
+
+
+def _bool_field(value: str | None, key: str, node: Node) -> bool:
+    if value is None:
+        return True
+    lowered = value.lower()
+    if lowered in ("true", "1", "t"):
+        return True
+    if lowered in ("false", "0", "f"):
+        return False
+    raise _err(InvalidFlagError, node, f"invalid value for {key}: {value!r}")
+
+
+def _int_field(value: str | None, key: str, node: Node, base: int = 10) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value, base)
+    except ValueError:
+        raise _err(InvalidFlagError, node, f"invalid value for {key}: {value!r}") from None
+
+
+def _require(node: Node, ok: bool, message: str) -> None:
+    if not ok:
+        raise _err(DockerfileSyntaxError, node, message)
+
+
+def typed_instruction(node: Node, *, in_onbuild: bool = False) -> ins.Instruction:
+    """The typed form of one node (raises DockerfileError subclasses with its location)."""
+    kw = node.keyword
+    if kw not in KNOWN_INSTRUCTIONS:
+        hint = suggest(kw, KNOWN_INSTRUCTIONS)
+        message = f"unknown instruction: {kw}"
+        if hint:
+            message += f" (did you mean {hint}?)"
+        raise _err(UnknownInstructionError, node, message)
+    flags = FlagValues(node, FLAGS.get(kw, {}))
+    args = node.args
+    if kw == "FROM":
+        # The grammar guarantees one word or "image AS name".
+        name = None
+        if len(args) == 3:
+            name = args[2].lower()
+            if not _STAGE_NAME.match(name):
+                raise _err(
+                    DockerfileSyntaxError,
+                    node,
+                    f"invalid name for build stage: {args[2]!r}, name can't start with a "
+                    "number or contain symbols",
+                )
+        return ins.From(node, image=args[0], name=name, platform=flags.string("platform"))
+    if kw == "RUN":
+        _require(node, bool(args) or bool(node.heredocs), "RUN requires at least one argument")
+        mounts = tuple(parse_mount(m, node) for m in flags.strings("mount"))
+        network = flags.string("network")
+        if network is not None and network not in NETWORK_MODES:
+            raise _err(
+                InvalidFlagError,
+                node,
+                f"unsupported network mode {network!r} (use one of {', '.join(NETWORK_MODES)})",
+            )
+        security = flags.string("security")
+        if security is not None and security not in SECURITY_MODES:
+            raise _err(
+                InvalidFlagError,
+                node,
+                f"unsupported security mode {security!r} (use sandbox or insecure)",
+            )
+        return ins.Run(
+            node,
+            command=args,
+            json_form=node.json_form,
+            mounts=mounts,
+            network=network,
+            security=security,
+            heredocs=node.heredocs,
+        )
+    if kw in ("CMD", "ENTRYPOINT"):
+        if kw == "CMD" and not args and not node.json_form:
+            raise _err(DockerfileSyntaxError, node, "CMD requires at least one argument")
+        cls = ins.Cmd if kw == "CMD" else ins.Entrypoint
+        return cls(node, command=args, json_form=node.json_form)
+    if kw == "SHELL":
+        _require(node, node.json_form, "SHELL requires the arguments to be in JSON form")
+        _require(node, bool(args), "SHELL requires at least one argument")
+        return ins.Shell(node, command=args)
+    if kw in ("COPY", "ADD"):
+        _require(
+            node,
+            len(args) >= 2,
+            f"{kw} requires at least two arguments, but only one was provided. Destination "
+            "could not be determined."
+            if len(args) == 1
+            else f"{kw} requires at least two arguments",
+        )
+        sources, dest = args[:-1], args[-1]
+        if kw == "COPY":
+            return ins.Copy(
+                node,
+                sources=sources,
+                dest=dest,
+                from_=flags.string("from"),
+                chown=flags.string("chown"),
+                chmod=flags.string("chmod"),
+                link=bool(flags.boolean("link")),
+                parents=bool(flags.boolean("parents")),
+                exclude=tuple(flags.strings("exclude")),
+                heredocs=node.heredocs,
+            )
+        return ins.Add(
+            node,
+            sources=sources,
+            dest=dest,
+            chown=flags.string("chown"),
+            chmod=flags.string("chmod"),
+            link=bool(flags.boolean("link")),
+            checksum=flags.string("checksum"),
+            keep_git_dir=bool(flags.boolean("keep-git-dir")),
+            unpack=flags.boolean("unpack"),
+            exclude=tuple(flags.strings("exclude")),
+            heredocs=node.heredocs,
+        )
+    if kw in ("ENV", "LABEL"):
+        _require(node, bool(args), f"{kw} requires at least one argument")
+        pairs = tuple(zip(args[0::2], args[1::2]))
+        for key, _ in pairs:
+            _require(node, key != "", f"{kw} names can not be blank")
+        return (ins.Env if kw == "ENV" else ins.Label)(node, pairs=pairs)
+    if kw == "ARG":
+        _require(node, bool(args), "ARG requires at least one argument")
+        arg_pairs: list[tuple[str, str | None]] = []
+        for word in args:
+            name, eq, default = word.partition("=")
+            _require(node, name != "", f"ARG names can not be blank: {word!r}")
+            arg_pairs.append((name, default if eq else None))
+        return ins.Arg(node, pairs=tuple(arg_pairs))
+    if kw == "EXPOSE":
+        _require(node, bool(args), "EXPOSE requires at least one argument")
+        return ins.Expose(node, ports=args)
+    if kw == "VOLUME":
+        _require(node, bool(args), "VOLUME requires at least one argument")
+        for path in args:
+            _require(node, path.strip() != "", "VOLUME specified can not be an empty string")
+        return ins.Volume(node, paths=args)
+    if kw in ("USER", "WORKDIR", "MAINTAINER", "STOPSIGNAL"):
+        _require(node, len(args) == 1, f"{kw} requires exactly one argument")
+        value = args[0]
+        if kw == "USER":
+            return ins.User(node, user=value)
+        if kw == "WORKDIR":
+            return ins.Workdir(node, path=value)
+        if kw == "MAINTAINER":
+            return ins.Maintainer(node, maintainer=value)
+        return ins.Stopsignal(node, signal=value)
+    if kw == "HEALTHCHECK":
+        return _healthcheck(node, flags)
+    if kw == "ONBUILD":
+        _require(node, node.trigger is not None, "ONBUILD requires at least one argument")
+        assert node.trigger is not None
+        trigger_kw = node.trigger.keyword
+        if trigger_kw == "ONBUILD":
+            raise _err(
+                DockerfileSyntaxError, node, "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"
+            )
+        if trigger_kw in ("FROM", "MAINTAINER"):
+            raise _err(
+                DockerfileSyntaxError, node, f"{trigger_kw} isn't allowed as an ONBUILD trigger"
+            )
+        return ins.Onbuild(node, trigger=typed_instruction(node.trigger, in_onbuild=True))
+    raise AssertionError(kw)  # pragma: no cover - every known keyword is handled above
+
+
+def _healthcheck(node: Node, flags: FlagValues) -> ins.Healthcheck:
+    args = node.args
+    _require(node, bool(args), "HEALTHCHECK requires at least one argument")
+    kind = args[0].upper()
+    if kind == "NONE":
+        _require(node, len(args) == 1, "HEALTHCHECK NONE takes no arguments")
+        _require(node, not node.flags, "HEALTHCHECK NONE takes no flags")
+        return ins.Healthcheck(node, test=("NONE",))
+    if kind != "CMD":
+        raise _err(
+            DockerfileSyntaxError, node, f'Unknown type "{args[0]}" in HEALTHCHECK (try CMD)'
+        )
+    command = args[1:]
+    _require(node, bool(command), "Missing command after HEALTHCHECK CMD")
+    test = ("CMD", *command) if node.json_form else ("CMD-SHELL", command[0])
+
+    def interval(name: str) -> float | None:
+        raw = flags.string(name)
+        if raw is None or raw == "":
+            return None
+        seconds = parse_duration(raw)
+        if seconds is None:
+            raise _err(InvalidFlagError, node, f"time: invalid duration {raw!r} in --{name}")
+        if seconds != 0 and seconds < 0.001:
+            raise _err(InvalidFlagError, node, f"Interval {name} cannot be less than 1ms")
+        if seconds < 0:
+            raise _err(InvalidFlagError, node, f"Interval {name} cannot be negative")
+        return seconds
+
+    retries: int | None = None
+    raw_retries = flags.string("retries")
+    if raw_retries:
+        try:
+            retries = int(raw_retries)
+        except ValueError:
+            raise _err(InvalidFlagError, node, f"invalid --retries value {raw_retries!r}") from None
+        if retries < 0:
+            raise _err(InvalidFlagError, node, f"--retries cannot be negative ({retries})")
+    return ins.Healthcheck(
+        node,
+        test=test,
+        interval=interval("interval"),
+        timeout=interval("timeout"),
+        start_period=interval("start-period"),
+        start_interval=interval("start-interval"),
+        retries=retries,
+    )
+
+
+def typed_pass(
+    nodes: list[Node], filename: str
+) -> tuple[tuple[ins.Arg, ...], tuple[ins.Stage, ...]]:
+    """Global ARGs and stages from the nodes; the checks ``docker build`` makes up front."""
+    meta: list[ins.Arg] = []
+    stages: list[ins.Stage] = []
+    current: ins.From | None = None
+    body: list[ins.Instruction] = []
+    names: dict[str, int] = {}
+
+    def close() -> None:
+        if current is not None:
+            stages.append(ins.Stage(len(stages), current, tuple(body)))
+
+    for node in nodes:
+        typed = typed_instruction(node)
+        if isinstance(typed, ins.From):
+            close()
+            if typed.name is not None:
+                if typed.name in names:
+                    raise _err(
+                        DockerfileSyntaxError,
+                        node,
+                        f"duplicate stage name {typed.name!r} (first defined on line "
+                        f"{names[typed.name]})",
+                    )
+                names[typed.name] = node.line
+            current, body = typed, []
+        elif current is None:
+            if not isinstance(typed, ins.Arg):
+                raise _err(
+                    DockerfileSyntaxError,
+                    node,
+                    f"{node.keyword} before the first FROM: only ARG may come before FROM "
+                    "(no build stage in current context)",
+                )
+            meta.append(typed)
+        else:
+            body.append(typed)
+    close()
+    if not stages:
+        last = nodes[-1].span if nodes else Span(filename, 1, 1)
+        raise DockerfileSyntaxError(
+            "dockerfile contains no stages to build (no FROM instruction)",
+            filename=filename,
+            line=last.line,
+        )
+    return tuple(meta), tuple(stages)
