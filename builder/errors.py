@@ -13,6 +13,7 @@ Exception tree::
     ├── ContextError               a source that is missing, ignored, or outside the context
     ├── StepFailed                 a RUN step that exited non-zero (command, status, last lines)
     ├── SandboxUnavailable         a kernel feature the RUN sandbox needs is missing
+    ├── UnknownUserError           USER names a user or group the image's passwd/group lack
     └── CacheError                 the build cache cannot be read or written
 
 The CLI alone decides formatting and exit codes (1 for these, 2 for usage errors).
@@ -96,6 +97,10 @@ class StepFailed(BuildError):
 
 class SandboxUnavailable(BuildError):
     """The kernel lacks a feature the RUN sandbox needs (namespaces, overlayfs, …)."""
+
+
+class UnknownUserError(BuildError):
+    """``USER`` names a user or group missing from the image's ``/etc/passwd``/``/etc/group``."""
 
 
 class CacheError(BuildError):

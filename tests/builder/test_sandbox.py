@@ -1,0 +1,560 @@
+"""The RUN sandbox against a real busybox root file system, real namespaces and overlayfs.
+
+Every test that runs a step needs root and overlayfs (marked ``root``, skipped otherwise);
+``resolve_user`` is also checked on its own, which needs neither.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from builder.errors import UnknownUserError
+from builder.sandbox import (
+    BindMount,
+    RunResult,
+    SandboxConfig,
+    TmpfsMount,
+    check_sandbox_support,
+    resolve_user,
+    run_in_sandbox,
+)
+
+BUSYBOX = Path("/bin/busybox")
+DOCKER_CAPBND = "00000000a80425fb"
+ROOT_DIR = Path(__file__).resolve().parent.parent.parent
+
+
+def _overlay_available() -> bool:
+    try:
+        return "overlay" in Path("/proc/filesystems").read_text()
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def sandbox_ready() -> None:
+    """Skip (with the reason) unless this machine can build the RUN sandbox."""
+    if os.geteuid() != 0:
+        pytest.skip("the RUN sandbox tests run as root (namespaces, overlayfs, device nodes)")
+    if not _overlay_available():
+        pytest.skip("overlayfs is not listed in /proc/filesystems")
+    if not BUSYBOX.exists():
+        pytest.skip("/bin/busybox missing (Debian package busybox-static)")
+    check_sandbox_support()
+
+
+PASSWD = """\
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+app:x:1000:1000:app:/home/app:/bin/sh
+"""
+GROUP = """\
+root:x:0:
+extra:x:2000:app
+nogroup:x:65534:
+app:x:1000:
+"""
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox image tree: applet links, passwd/group with a test user, a file and a dir."""
+    if not BUSYBOX.exists():
+        pytest.skip("/bin/busybox missing (Debian busybox-static)")
+    root = tmp_path_factory.mktemp("busybox-rootfs")
+    (root / "bin").mkdir()
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    applets = subprocess.run(
+        [str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for applet in applets:
+        link = root / applet
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to("/bin/busybox")
+    (root / "etc").mkdir()
+    (root / "etc" / "passwd").write_text(PASSWD)
+    (root / "etc" / "group").write_text(GROUP)
+    (root / "etc" / "motd").write_text("lower motd\n")
+    (root / "data").mkdir()
+    (root / "data" / "old.txt").write_text("lower data\n")
+    (root / "root").mkdir(mode=0o700)
+    (root / "home" / "app").mkdir(parents=True)
+    if os.geteuid() == 0:
+        os.chown(root / "home" / "app", 1000, 1000)
+    (root / "tmp").mkdir()
+    (root / "tmp").chmod(0o1777)
+    return root
+
+
+@pytest.fixture
+def layer_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    return upper, work
+
+
+Runner = Callable[..., RunResult]
+
+
+@pytest.fixture
+def run(sandbox_ready: None, rootfs: Path, layer_dirs: tuple[Path, Path]) -> Runner:
+    """Run a shell script in a fresh step over ``rootfs``; extra kwargs go to the config/run."""
+    upper, work = layer_dirs
+
+    def runner(script: str, **kwargs: object) -> RunResult:
+        config_keys = {"hostname", "network", "extra_hosts", "dns", "binds", "tmpfs"}
+        config_kwargs = {k: v for k, v in kwargs.items() if k in config_keys}
+        run_kwargs = {k: v for k, v in kwargs.items() if k not in config_keys}
+        run_kwargs.setdefault("env", {})
+        config = SandboxConfig(
+            lowerdirs=[rootfs],
+            upperdir=upper,
+            workdir=work,
+            **config_kwargs,  # type: ignore[arg-type]
+        )
+        return run_in_sandbox(config, ["/bin/sh", "-c", script], **run_kwargs)  # type: ignore[arg-type]
+
+    return runner
+
+
+def _upper_tree(upper: Path) -> dict[str, str]:
+    """Every entry of the upper directory → a short description of what it is."""
+    tree = {}
+    for path in sorted(upper.rglob("*")):
+        st = path.lstat()
+        rel = str(path.relative_to(upper))
+        if stat.S_ISCHR(st.st_mode):
+            tree[rel] = f"chr {os.major(st.st_rdev)}/{os.minor(st.st_rdev)}"
+        elif stat.S_ISDIR(st.st_mode):
+            try:
+                opaque = os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False)
+            except OSError:
+                opaque = b""
+            tree[rel] = "dir opaque" if opaque == b"y" else "dir"
+        elif stat.S_ISREG(st.st_mode):
+            tree[rel] = "file " + path.read_text()
+        else:
+            tree[rel] = "other"
+    return tree
+
+
+# ---------------------------------------------------------------------------- isolation
+
+HOST_MARKER = Path("/tmp") / f"pybuild-sandbox-marker-{os.getpid()}"
+
+# (id, script, config/run kwargs, expected stdout lines)
+ISOLATION_CASES = [
+    ("host-tmp-invisible", f"test -e {HOST_MARKER} && echo visible || echo hidden", {}, ["hidden"]),
+    (
+        "pid-namespace",
+        "echo $$; cat /proc/1/cmdline | tr '\\0' ' ' | grep -c nsinit",
+        {},
+        ["2", "1"],
+    ),
+    (
+        "no-host-processes",
+        "ls /proc | grep -E '^[0-9]+$' | awk '$1 > 20' | wc -l",
+        {},
+        ["0"],
+    ),
+    ("default-hostname", "hostname; cat /etc/hostname", {}, ["buildkitsandbox"] * 2),
+    ("own-hostname", "hostname", {"hostname": "step-host"}, ["step-host"]),
+    (
+        "network-none-only-lo",
+        "ls /sys/class/net; cat /sys/class/net/lo/flags",
+        {"network": "none"},
+        ["lo", "0x9"],
+    ),
+    (
+        "network-none-proc-net-dev",
+        "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+        {"network": "none"},
+        ["lo"],
+    ),
+    ("capability-bounding-set", "grep CapBnd /proc/self/status | cut -f2", {}, [DOCKER_CAPBND]),
+    ("root-effective-caps", "grep CapEff /proc/self/status | cut -f2", {}, [DOCKER_CAPBND]),
+    (
+        "user-has-no-effective-caps",
+        "grep -E 'Cap(Eff|Prm)' /proc/self/status | cut -f2",
+        {"user": "app"},
+        ["0000000000000000"] * 2,
+    ),
+    (
+        "cannot-mount",
+        "mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo refused",
+        {},
+        ["refused"],
+    ),
+    (
+        "cannot-set-hostname",
+        "hostname other 2>/dev/null && echo changed || echo refused",
+        {},
+        ["refused"],
+    ),
+    # CAP_SYS_NICE is not in Docker's set (a harmless probe: nothing outside changes if it works)
+    (
+        "cannot-raise-priority",
+        "renice -n -5 $$ >/dev/null 2>&1 && echo raised || echo refused",
+        {},
+        ["refused"],
+    ),
+    (
+        "proc-sys-read-only",
+        "echo 1 2>/dev/null > /proc/sys/kernel/sysrq && echo wrote || echo refused",
+        {},
+        ["refused"],
+    ),
+    ("sys-read-only", "touch /sys/x 2>/dev/null && echo wrote || echo refused", {}, ["refused"]),
+    ("no-new-privs-off", "grep NoNewPrivs /proc/self/status | cut -f2", {}, ["0"]),
+    ("stdin-is-dev-null", "cat; readlink /proc/self/fd/0", {}, ["/dev/null"]),
+    (
+        "dev-nodes",
+        "ls /dev | tr '\\n' ' '",
+        {},
+        ["fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero "],
+    ),
+    ("dev-null-works", "echo x > /dev/null && head -c 4 /dev/zero | wc -c", {}, ["4"]),
+    (
+        "default-path",
+        "echo $PATH",
+        {},
+        ["/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+    ),
+    ("env-as-given", "echo $FOO $PATH", {"env": {"FOO": "bar", "PATH": "/bin"}}, ["bar /bin"]),
+    ("home-from-passwd", "echo $HOME", {"user": "app"}, ["/home/app"]),
+    ("hosts-file", "cat /etc/hosts | head -1", {}, ["127.0.0.1\tlocalhost buildkitsandbox"]),
+    (
+        "extra-hosts",
+        "grep reg /etc/hosts",
+        {"extra_hosts": [("reg.local", "10.0.0.7")]},
+        ["10.0.0.7\treg.local"],
+    ),
+    ("dns", "cat /etc/resolv.conf", {"dns": "nameserver 10.9.8.7\n"}, ["nameserver 10.9.8.7"]),
+    (
+        "resolv-read-only",
+        "echo x 2>/dev/null >> /etc/resolv.conf && echo wrote || echo refused",
+        {},
+        ["refused"],
+    ),
+    (
+        "workdir-created",
+        "pwd; stat -c %u:%g /w/a/b /w",
+        {"cwd": "/w/a/b", "user": "app"},
+        ["/w/a/b", "1000:1000", "1000:1000"],
+    ),
+    ("workdir-existing", "pwd; stat -c %u /data", {"cwd": "/data", "user": "app"}, ["/data", "0"]),
+    ("tmp-sticky", "stat -c %a /tmp", {}, ["1777"]),
+]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("script", "kwargs", "expected"),
+    [c[1:] for c in ISOLATION_CASES],
+    ids=[c[0] for c in ISOLATION_CASES],
+)
+@pytest.mark.usefixtures("host_marker")
+def test_step_sees_only_its_sandbox(
+    run: Runner, script: str, kwargs: dict[str, object], expected: list[str]
+) -> None:
+    result = run(script, **kwargs)
+    assert (result.exit_code, list(result.output_tail)) == (0, expected)
+
+
+@pytest.fixture
+def host_marker() -> Iterator[None]:
+    HOST_MARKER.write_text("host secret\n")
+    yield
+    HOST_MARKER.unlink(missing_ok=True)
+
+
+@pytest.mark.root
+def test_default_network_is_the_hosts(run: Runner) -> None:
+    host = sorted(os.listdir("/sys/class/net"))
+    result = run("ls /sys/class/net")
+    assert list(result.output_tail) == host
+
+
+# ---------------------------------------------------------------------------- users
+
+# (USER spec, expected `id` output)
+USER_CASES = [
+    (None, "uid=0(root) gid=0(root) groups=0(root)"),
+    ("root", "uid=0(root) gid=0(root) groups=0(root)"),
+    ("app", "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)"),
+    ("1000", "uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)"),
+    ("1000:1000", "uid=1000(app) gid=1000(app) groups=1000(app)"),
+    ("app:extra", "uid=1000(app) gid=2000(extra) groups=2000(extra)"),
+    ("nobody", "uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)"),
+    ("4242", "uid=4242 gid=0(root) groups=0(root)"),
+    ("4242:4343", "uid=4242 gid=4343 groups=4343"),
+]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("spec", "expected"), USER_CASES)
+def test_user_resolved_through_the_images_passwd(
+    run: Runner, spec: str | None, expected: str
+) -> None:
+    result = run("id", user=spec)
+    assert (result.exit_code, result.output_tail) == (0, (expected,))
+
+
+# (rootfs-relative passwd/group, spec, expected (uid, gid, groups) or error text)
+RESOLVE_CASES = [
+    ("app", (1000, 1000, (1000, 2000))),
+    ("app:2000", (1000, 2000, (2000,))),
+    ("0:extra", (0, 2000, (2000,))),
+    (":extra", (0, 2000, (2000,))),
+    ("", (0, 0, (0,))),
+    ("ghost", "unable to find user ghost: no matching entries in passwd file"),
+    ("app:ghosts", "unable to find group ghosts: no matching entries in group file"),
+]
+
+
+@pytest.mark.parametrize(("spec", "expected"), RESOLVE_CASES)
+def test_resolve_user(rootfs: Path, spec: str, expected: object) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(UnknownUserError, match=expected):
+            resolve_user(rootfs, spec)
+    else:
+        assert resolve_user(rootfs, spec) == expected
+
+
+def test_resolve_user_never_reads_the_hosts_passwd(tmp_path: Path) -> None:
+    # /etc escapes the tree with ../ and an absolute link: both must stay inside it.
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "etc").symlink_to("../../../../../../etc")
+    with pytest.raises(UnknownUserError, match="unable to find user root"):
+        resolve_user(tmp_path / "img", "root")
+    (tmp_path / "img2" / "etc").mkdir(parents=True)
+    (tmp_path / "img2" / "etc" / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(UnknownUserError, match="unable to find user root"):
+        resolve_user(tmp_path / "img2", "root")
+
+
+@pytest.mark.root
+def test_unknown_user_is_a_clear_error(run: Runner) -> None:
+    with pytest.raises(
+        UnknownUserError, match="unable to find user ghost: no matching entries in passwd file"
+    ):
+        run("id", user="ghost")
+
+
+# ---------------------------------------------------------------------------- exit status, output
+
+# (id, script, exit code, signal, last output line)
+EXIT_CASES = [
+    ("success", "true", 0, None, None),
+    ("exit-code", "echo failing; exit 3", 3, None, "failing"),
+    ("killed-by-signal", "kill -KILL $$", 137, signal.SIGKILL, None),
+    ("terminated", "kill -TERM $$", 143, signal.SIGTERM, None),
+]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("script", "code", "signum", "last"),
+    [c[1:] for c in EXIT_CASES],
+    ids=[c[0] for c in EXIT_CASES],
+)
+def test_exit_status_reported(
+    run: Runner, script: str, code: int, signum: int | None, last: str | None
+) -> None:
+    result = run(script)
+    assert (result.exit_code, result.signal) == (code, signum)
+    assert result.output_tail[-1:] == ((last,) if last else ())
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["no-such-command"], 127, 'exec: "no-such-command": executable file not found in $PATH'),
+        (["/etc/motd"], 126, 'exec: "/etc/motd": permission denied'),
+    ],
+)
+def test_exec_failure_is_reported(
+    sandbox_ready: None,
+    rootfs: Path,
+    layer_dirs: tuple[Path, Path],
+    argv: list[str],
+    code: int,
+    message: str,
+) -> None:
+    upper, work = layer_dirs
+    config = SandboxConfig(lowerdirs=[rootfs], upperdir=upper, workdir=work)
+    result = run_in_sandbox(config, argv, env={})
+    assert (result.exit_code, result.output_tail) == (code, (message,))
+
+
+@pytest.mark.root
+def test_output_streams_in_order_and_keeps_the_tail(run: Runner) -> None:
+    chunks: list[bytes] = []
+    script = "i=0; while [ $i -lt 300 ]; do echo out $i; echo err $i >&2; i=$((i+1)); done; printf partial"
+    result = run(script, on_output=chunks.append)
+    expected = [f"{stream} {i}" for i in range(300) for stream in ("out", "err")] + ["partial"]
+    assert b"".join(chunks).decode().split("\n") == expected
+    assert result.output_tail == tuple(expected[-20:])
+
+
+# ---------------------------------------------------------------------------- the upper layer
+
+
+@pytest.mark.root
+def test_noop_step_leaves_upper_empty_and_no_mounts(
+    run: Runner, layer_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    upper, _ = layer_dirs
+    source = tmp_path / "ctx"
+    source.mkdir()
+    (source / "file").write_text("from the context\n")
+    before = Path("/proc/self/mountinfo").read_text()
+    result = run(
+        "cat /ctx/file /etc/hosts /etc/resolv.conf /etc/hostname > /dev/null && ls /proc /sys /dev /cache/deep > /dev/null",
+        binds=[BindMount(source, "/ctx"), BindMount(source / "file", "/etc/from-context")],
+        tmpfs=[TmpfsMount("/cache/deep", size=1 << 20)],
+    )
+    assert result.exit_code == 0, result.output_tail
+    assert _upper_tree(upper) == {}
+    assert Path("/proc/self/mountinfo").read_text() == before
+
+
+@pytest.mark.root
+def test_upper_holds_exactly_the_steps_changes(run: Runner, layer_dirs: tuple[Path, Path]) -> None:
+    upper, _ = layer_dirs
+    script = "echo new > /newfile && rm /etc/motd && rm -r /data && mkdir /data && echo y > /data/y"
+    assert run(script).exit_code == 0
+    assert _upper_tree(upper) == {
+        "newfile": "file new\n",
+        "etc": "dir",
+        "etc/motd": "chr 0/0",
+        "data": "dir opaque",
+        "data/y": "file y\n",
+    }
+
+
+@pytest.mark.root
+def test_binds_are_read_only_unless_asked(run: Runner, tmp_path: Path) -> None:
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    script = "touch /ro/x 2>/dev/null && echo wrote || echo refused; echo hi > /rw/x && echo wrote"
+    result = run(script, binds=[BindMount(ro, "/ro"), BindMount(rw, "/rw", readonly=False)])
+    assert result.output_tail == ("refused", "wrote")
+    assert (rw / "x").read_text() == "hi\n"
+
+
+# ---------------------------------------------------------------------------- stopping a step
+
+
+def _sleepers(seconds: str) -> list[int]:
+    """PIDs of host processes running exactly ``sleep SECONDS`` (a unique duration per test)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:2] == [b"sleep", seconds.encode()]:
+            found.append(int(entry))
+    return found
+
+
+def _wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def _sleep_then_report(seconds: str) -> str:
+    """A step script that prints ``started`` once ``sleep SECONDS`` is running."""
+    return f"sleep {seconds} & while ! ps | grep -q '[s]leep {seconds}'; do :; done; echo started; wait"
+
+
+@pytest.mark.root
+def test_timeout_kills_the_step(run: Runner) -> None:
+    marker = "417.25"
+    seen: list[list[int]] = []
+    started = time.monotonic()
+    result = run(
+        _sleep_then_report(marker), timeout=1.0, on_output=lambda _: seen.append(_sleepers(marker))
+    )
+    assert result.timed_out and result.signal == signal.SIGKILL
+    assert result.output_tail == ("started",)
+    assert time.monotonic() - started < 5
+    assert seen and seen[0], "the step's sleep was never seen running"
+    assert not _sleepers(marker)
+
+
+@pytest.mark.root
+def test_interrupt_in_pybuild_stops_the_step(run: Runner) -> None:
+    marker = "418.25"
+    seen: list[list[int]] = []
+
+    def interrupt(chunk: bytes) -> None:
+        seen.append(_sleepers(marker))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(_sleep_then_report(marker), on_output=interrupt)
+    assert seen and seen[0], "the step's sleep was never seen running"
+    assert not _sleepers(marker)
+
+
+PARENT_SCRIPT = """\
+import sys
+from pathlib import Path
+from builder.sandbox import SandboxConfig, run_in_sandbox
+lower, upper, work, marker = sys.argv[1:]
+config = SandboxConfig(lowerdirs=[Path(lower)], upperdir=Path(upper), workdir=Path(work))
+def echo(chunk):
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.flush()
+run_in_sandbox(config, ["/bin/sh", "-c", f"echo started; sleep {marker}"], env={}, on_output=echo)
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_killed_pybuild_leaves_no_step_running(
+    sandbox_ready: None, rootfs: Path, layer_dirs: tuple[Path, Path], signum: int
+) -> None:
+    upper, work = layer_dirs
+    marker = f"419.{int(signum)}"
+    before = Path("/proc/self/mountinfo").read_text()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT_SCRIPT, str(rootfs), str(upper), str(work), marker],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT_DIR,
+    )
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline() == b"started\n"
+        assert _wait_until(lambda: bool(_sleepers(marker)))
+        parent.send_signal(signum)
+        parent.wait(timeout=10)
+        assert _wait_until(lambda: not _sleepers(marker))
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    assert Path("/proc/self/mountinfo").read_text() == before
