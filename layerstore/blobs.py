@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from layerstore.digest import Digest, Hasher, verify
 from layerstore.errors import BlobNotFound, StoreError
@@ -93,7 +93,7 @@ class BlobWriter:
     def flush(self) -> None:
         self._file.flush()
 
-    def copy_from(self, stream: BinaryIO, *, limit: int | None = None) -> int:
+    def copy_from(self, stream: IO[bytes], *, limit: int | None = None) -> int:
         """Copy ``stream`` (at most ``limit`` bytes) into the blob; returns bytes copied."""
         copied = 0
         while limit is None or copied < limit:
@@ -201,7 +201,7 @@ class BlobStore:
             return w.commit()
 
     def put_stream(
-        self, stream: BinaryIO, expected: Digest | None = None, *, limit: int | None = None
+        self, stream: IO[bytes], expected: Digest | None = None, *, limit: int | None = None
     ) -> Digest:
         """Stream ``stream`` into a blob (never held in memory whole)."""
         with self.writer(expected) as w:
