@@ -1163,7 +1163,10 @@ class _Apply:
         return True
 
     def hardlink(self, name: str, rel: str, m: tarfile.TarInfo) -> None:
-        target_rel = clean_member_name(m.linkname)
+        try:
+            target_rel = clean_member_name(m.linkname)
+        except UnsafePathError as e:
+            raise UnsafePathError(name, f"hard link target {m.linkname!r}: {e.reason}") from None
         if target_rel == "":
             raise ArchiveError(f"entry {name!r}: hard link to the root directory")
         dest = self.root.parent_of(rel, entry=name, create=True)
