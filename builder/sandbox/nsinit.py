@@ -361,19 +361,17 @@ def _mount_overlay(spec: dict[str, Any]) -> None:
 
     data = options(lowers, upper, work)
     if len(data) + len(extras) >= 4095:
-        # mount(2) takes one page of options: with many layers, name them relative to
-        # their common parent (the overlay resolves paths against our working directory).
-        base = os.path.commonpath([*lowers, upper, work])
-        os.chdir(base)
-        data = options(
-            [os.path.relpath(p, base) for p in lowers],
-            os.path.relpath(upper, base),
-            os.path.relpath(work, base),
-        )
+        # mount(2) takes one page of options. With many layers, name each through a short
+        # symlink in our private directory, relative to it (Docker's overlay2 "l/" links):
+        # the overlay follows them at mount time and resolves against our working directory.
+        links = os.path.join(os.path.dirname(spec["rootdir"]), "l")
+        os.mkdir(links, 0o700)
+        for index, lower in enumerate(lowers):
+            os.symlink(lower, os.path.join(links, f"{index:x}"))
+        os.chdir(links)
+        data = options([f"{index:x}" for index in range(len(lowers))], upper, work)
         if len(data) + len(extras) >= 4095:
-            raise SetupError(
-                f"too many image layers for one overlay mount ({len(lowers) - 1} layers)"
-            )
+            raise SetupError(f"too many image layers for one overlay mount ({len(lowers) - 1})")
     try:
         try:
             libc.mount("overlay", spec["rootdir"], "overlay", 0, data + extras)

@@ -184,10 +184,33 @@ def _make_scaffold(scaffold: Path, config: SandboxConfig) -> None:
             path.touch()
 
 
-def _remove_created(upperdir: Path, created: Sequence[str]) -> None:
-    """Remove mount points the helper had to create through the overlay (deepest first)."""
+def _is_opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _lower_entry(lowerdirs: Sequence[Path], relative: str) -> os.stat_result | None:
+    for lower in lowerdirs:
+        with contextlib.suppress(OSError):
+            return (Path(lower) / relative).lstat()
+    return None
+
+
+def _remove_created(upperdir: Path, lowerdirs: Sequence[Path], created: Sequence[str]) -> None:
+    """Undo mount points the helper had to create through the overlay.
+
+    That happens only where the image hides the scaffold's entry (an opaque directory or a
+    whiteout in a layer). The mount points go (deepest first, only while still empty), and
+    so do parent directories the creation copied up, when they are empty, not opaque and
+    equal in mode and owner to the image's own directory: removing them changes nothing in
+    the merged view, and keeps them out of the step's layer.
+    """
+    parents: set[str] = set()
     for container_path in sorted(set(created), key=lambda p: p.count("/"), reverse=True):
-        path = upperdir / container_path.lstrip("/")
+        relative = container_path.strip("/")
+        path = upperdir / relative
         try:
             st = path.lstat()
         except OSError:
@@ -197,6 +220,29 @@ def _remove_created(upperdir: Path, created: Sequence[str]) -> None:
                 path.rmdir()  # only if still empty: the step may have put files there
             elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
                 path.unlink()
+        parent = os.path.dirname(relative)
+        while parent:
+            parents.add(parent)
+            parent = os.path.dirname(parent)
+    for relative in sorted(
+        parents - {c.strip("/") for c in created}, key=lambda p: p.count("/"), reverse=True
+    ):
+        path = upperdir / relative
+        lower = _lower_entry(lowerdirs, relative)
+        try:
+            st = path.lstat()
+            if (
+                lower is None
+                or not stat.S_ISDIR(st.st_mode)
+                or not stat.S_ISDIR(lower.st_mode)
+                or (st.st_mode, st.st_uid, st.st_gid) != (lower.st_mode, lower.st_uid, lower.st_gid)
+                or _is_opaque(path)
+                or any(path.iterdir())
+            ):
+                continue
+            path.rmdir()
+        except OSError:
+            continue
 
 
 def _remove_private_dir(private: Path) -> None:
@@ -281,7 +327,7 @@ def run_in_sandbox(
         messages = _run_helper(spec_path, on_output=on_output, timeout=timeout)
         created = [p for m in messages.events if "created" in m for p in m["created"]]
         if created:
-            _remove_created(Path(config.upperdir), created)
+            _remove_created(Path(config.upperdir), config.lowerdirs, created)
     finally:
         _remove_private_dir(private)
     return messages.result(started)

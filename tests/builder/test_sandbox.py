@@ -433,6 +433,50 @@ def test_noop_step_leaves_upper_empty_and_no_mounts(
 
 
 @pytest.mark.root
+def test_mount_points_hidden_by_an_opaque_layer_stay_out_of_upper(
+    sandbox_ready: None, rootfs: Path, layer_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # A layer that replaced /etc and /data (opaque) hides the scaffold's mount points, so
+    # they are created through the overlay and must be removed again afterwards.
+    top = tmp_path / "top"
+    for directory in ("etc", "data"):
+        (top / directory).mkdir(parents=True)
+        os.setxattr(top / directory, "trusted.overlay.opaque", b"y")
+    (top / "etc" / "passwd").write_text(PASSWD)
+    (top / "etc" / "group").write_text(GROUP)
+    upper, work = layer_dirs
+    config = SandboxConfig(
+        lowerdirs=[top, rootfs],
+        upperdir=upper,
+        workdir=work,
+        tmpfs=[TmpfsMount("/data/cache/x")],
+    )
+    result = run_in_sandbox(
+        config, ["/bin/sh", "-c", "cat /etc/hosts >/dev/null; ls /etc; id -un"], env={}, user="app"
+    )
+    assert result.output_tail == ("group", "hostname", "hosts", "passwd", "resolv.conf", "app")
+    assert _upper_tree(upper) == {}
+
+
+@pytest.mark.root
+def test_many_layers_with_long_paths(
+    sandbox_ready: None, rootfs: Path, layer_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # 120 layers × ~130-character paths: far more than mount(2)'s one page of options.
+    layers = []
+    for index in range(120):
+        layer = tmp_path / ("layer-" + "x" * 60) / f"{index:03d}"
+        (layer / "layers").mkdir(parents=True)
+        (layer / "layers" / f"{index:03d}").write_text("")
+        (layer / "which").write_text(f"{index}\n")
+        layers.append(layer)
+    upper, work = layer_dirs
+    config = SandboxConfig(lowerdirs=[*layers, rootfs], upperdir=upper, workdir=work)
+    result = run_in_sandbox(config, ["/bin/sh", "-c", "cat /which; ls /layers | wc -l"], env={})
+    assert result.output_tail == ("0", "120")  # the first lowerdir is the top-most
+
+
+@pytest.mark.root
 def test_upper_holds_exactly_the_steps_changes(run: Runner, layer_dirs: tuple[Path, Path]) -> None:
     upper, _ = layer_dirs
     script = "echo new > /newfile && rm /etc/motd && rm -r /data && mkdir /data && echo y > /data/y"
