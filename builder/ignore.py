@@ -518,8 +518,11 @@ def _kind(mode: int) -> EntryKind:
 
 
 def _name_key(entry: os.DirEntry[str]) -> bytes:
-    # Go sorts directory entries by name bytes; code-point order differs for surrogate escapes.
     return os.fsencode(entry.name)
+
+
+def _str_key(entry: os.DirEntry[str]) -> str:
+    return entry.name
 
 
 @dataclass(slots=True)
@@ -528,21 +531,35 @@ class _OpenDir:
     parts: tuple[str, ...]
     decision: int  # highest pattern index matching this directory or an ancestor (-1: none)
     entries: Iterator[os.DirEntry[str]]
-    pending: ContextEntry | None  # excluded dir, yielded only if something inside is included
+    # An excluded directory that was opened anyway: yielded only if something inside is.
+    pending: tuple[str, os.DirEntry[str]] | None
 
 
 def _scan_sorted(fspath: str) -> Iterator[os.DirEntry[str]]:
     with os.scandir(fspath) as scanner:
-        entries = sorted(scanner, key=_name_key)
+        entries = sorted(scanner, key=_str_key)
+    # Go sorts names by bytes. Code-point order is the same for valid UTF-8; only names with
+    # undecodable bytes (surrogate escapes) need the slower byte key.
+    if not all(entry.name.isascii() for entry in entries):
+        entries.sort(key=_name_key)
     return iter(entries)
+
+
+def _context_entry(rel: str, entry: os.DirEntry[str]) -> ContextEntry | None:
+    try:
+        info = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None  # removed while walking
+    return ContextEntry(rel, _kind(info.st_mode), info, entry.path)
 
 
 def walk_context(root: Path, matcher: IgnoreMatcher) -> Iterator[ContextEntry]:
     """Included entries under ``root``, depth-first with names sorted (Go ``WalkDir`` order).
 
     Excluded directories are not opened unless an exception could re-include something
-    inside; an unreadable excluded directory is skipped, as BuildKit does. Raises
-    ContextError for a context that is not a readable directory or an unreadable included one.
+    inside; an unreadable excluded directory is skipped, as BuildKit does. Only yielded
+    entries are stat'ed. Raises ContextError for a context that is not a readable directory
+    or an included directory that cannot be read.
     """
     root_path = os.fspath(root)
     try:
@@ -558,16 +575,14 @@ def walk_context(root: Path, matcher: IgnoreMatcher) -> Iterator[ContextEntry]:
             stack.pop()
             continue
         rel = frame.prefix + entry.name
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue  # removed while walking
-        kind = _kind(info.st_mode)
         decision = -1 if no_patterns else matcher._decide(rel, frame.decision)
         excluded = matcher._is_excluded_at(decision)
-        item = ContextEntry(rel, kind, info, entry.path)
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            continue
 
-        if kind is EntryKind.DIR:
+        if is_dir:
             parts = (*frame.parts, entry.name)
             if excluded and not matcher._may_reinclude_below(decision, parts):
                 continue
@@ -579,20 +594,29 @@ def walk_context(root: Path, matcher: IgnoreMatcher) -> Iterator[ContextEntry]:
                 if excluded:
                     continue  # fsutil ignores permission errors on skipped paths
                 raise ContextError(f"{rel}: cannot read directory: {error.strerror}") from None
-            if not excluded:
-                yield from _flush_pending(stack)
-                yield item
-            stack.append(_OpenDir(rel + "/", parts, decision, children, item if excluded else None))
+            if excluded:
+                stack.append(_OpenDir(rel + "/", parts, decision, children, (rel, entry)))
+                continue
+            item = _context_entry(rel, entry)
+            if item is None:
+                continue
+            yield from _flush_pending(stack)
+            yield item
+            stack.append(_OpenDir(rel + "/", parts, decision, children, None))
             continue
 
         if excluded:
             continue
-        yield from _flush_pending(stack)
-        yield item
+        item = _context_entry(rel, entry)
+        if item is not None:
+            yield from _flush_pending(stack)
+            yield item
 
 
 def _flush_pending(stack: list[_OpenDir]) -> Iterator[ContextEntry]:
     for frame in stack:
         if frame.pending is not None:
-            yield frame.pending
+            item = _context_entry(*frame.pending)
             frame.pending = None
+            if item is not None:
+                yield item

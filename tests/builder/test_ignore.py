@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import builder.ignore as ignore_module
 from builder.dockerfile.grammar import load_parser
@@ -349,3 +352,162 @@ def test_unreadable_directory_excluded_is_skipped_included_is_an_error(tmp_path:
             list(walk_context(tmp_path, IgnoreMatcher(())))
     finally:
         (tmp_path / "locked").chmod(0o755)
+
+
+# ---- differential properties ---------------------------------------------------------------
+
+
+def _patternmatcher_oracle(patterns: list[str], path: str) -> bool:
+    """A line-by-line transliteration of moby/patternmatcher (New, Pattern.compile,
+    Pattern.match, MatchesOrParentMatches) working on the raw pattern text, independent of
+    the grammar. Valid for the generated alphabet, where Go's and Python's regex agree."""
+
+    def compile_one(pattern: str) -> tuple[str, Any]:
+        regex, kind, i = "^", "exact", 0
+        chars = list(pattern)
+        pos = 0
+        while pos < len(chars):
+            ch = chars[pos]
+            pos += 1
+            if ch == "*":
+                if pos < len(chars) and chars[pos] == "*":
+                    pos += 1
+                    if pos < len(chars) and chars[pos] == "/":
+                        pos += 1
+                    if pos == len(chars):
+                        if kind == "exact":
+                            kind = "prefix"
+                        else:
+                            regex += ".*"
+                            kind = "regexp"
+                    else:
+                        regex += "(.*/)?"
+                        kind = "regexp"
+                    if i == 0:
+                        kind = "suffix"
+                else:
+                    regex += "[^/]*"
+                    kind = "regexp"
+            elif ch == "?":
+                regex += "[^/]"
+                kind = "regexp"
+            elif ch in ".+()|{}$":
+                regex += "\\" + ch
+            elif ch == "\\":
+                regex += "\\" + chars[pos]
+                pos += 1
+                kind = "regexp"
+            elif ch in "[]":
+                regex += ch
+                kind = "regexp"
+            else:
+                regex += ch
+            i += 1
+        return kind, re.compile(regex + "$") if kind == "regexp" else None
+
+    def match(pattern: str, kind: str, regex: Any, candidate: str) -> bool:
+        if kind == "exact":
+            return candidate == pattern
+        if kind == "prefix":
+            return candidate.startswith(pattern[:-2])
+        if kind == "suffix":
+            suffix = pattern[2:]
+            return candidate.endswith(suffix) or (suffix[:1] == "/" and candidate == suffix[1:])
+        return regex.match(candidate) is not None and regex.match(candidate).end() == len(candidate)
+
+    compiled = []
+    for raw in patterns:
+        text = clean_path(raw.strip())
+        exclusion = text.startswith("!")
+        if exclusion:
+            if text == "!":
+                raise ValueError('illegal exclusion pattern: "!"')
+            text = text[1:]
+        compiled.append((text, exclusion, *compile_one(text)))
+    path = clean_path(path)
+    if path == ".":
+        return False
+    parent = os.path.dirname(path) or "."
+    parent_dirs = parent.split("/")
+    matched = False
+    for text, exclusion, kind, regex in compiled:
+        if exclusion != matched:
+            continue
+        hit = match(text, kind, regex, path)
+        if not hit and parent != ".":
+            hit = any(
+                match(text, kind, regex, "/".join(parent_dirs[: n + 1]))
+                for n in range(len(parent_dirs))
+            )
+        if hit:
+            matched = not exclusion
+    return matched
+
+
+_SEGMENTS = [
+    "a",
+    "b",
+    "x",
+    "ab",
+    "*",
+    "?",
+    "**",
+    "a*",
+    "*b",
+    "[ab]",
+    "[^a]",
+    "[a-c]?",
+    "\\*",
+    "a.b",
+]
+_pattern = st.lists(st.sampled_from(_SEGMENTS), min_size=1, max_size=4).map("/".join)
+_patterns = st.lists(
+    st.tuples(st.booleans(), _pattern).map(lambda t: ("!" if t[0] else "") + t[1]),
+    min_size=1,
+    max_size=4,
+)
+_name = st.sampled_from(["a", "b", "x", "ab", "a.b", "xa", ".a", "c", "*"])
+_path = st.lists(_name, min_size=1, max_size=4).map("/".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(patterns=_patterns, paths=st.lists(_path, min_size=1, max_size=8))
+def test_matcher_agrees_with_patternmatcher_transliteration(
+    patterns: list[str], paths: list[str]
+) -> None:
+    try:
+        matcher = IgnoreMatcher.from_patterns(patterns)
+    except IgnorePatternError:
+        with pytest.raises(ValueError):
+            _patternmatcher_oracle(patterns, "a")
+        return
+    for path in paths:
+        assert matcher.excludes(path) is _patternmatcher_oracle(patterns, path), (patterns, path)
+
+
+@pytest.fixture(scope="module")
+def full_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every combination of a few names, three levels deep, so any pattern has targets."""
+    root = tmp_path_factory.mktemp("full_tree")
+    dirs = ["a", "b", "ab", ".a"]
+    files = ["a", "b", "x", "a.b"]
+    for top in dirs:
+        for sub in dirs:
+            for name in files:
+                (root / top / sub).mkdir(parents=True, exist_ok=True)
+                (root / top / sub / name).write_text("x")
+        (root / top / "x").write_text("x")
+    (root / "x").write_text("x")
+    (root / "a.b").write_text("x")
+    return root
+
+
+@settings(max_examples=300, deadline=None)
+@given(patterns=_patterns)
+def test_pruning_walker_equals_unpruned_reference(full_tree: Path, patterns: list[str]) -> None:
+    try:
+        matcher = IgnoreMatcher.from_patterns(patterns)
+    except IgnorePatternError:
+        assume(False)
+    walked = [entry.path for entry in walk_context(full_tree, matcher)]
+    assert walked == _reference_walk(full_tree, matcher), patterns
