@@ -13,10 +13,16 @@ The walker yields what BuildKit's context sender (tonistiigi/fsutil ``filterFS.W
 send: depth-first, each directory's entries sorted by name bytes, excluded entries left out,
 an excluded directory yielded only when something inside it is re-included (just before that
 entry, as fsutil does), symlinks yielded and never followed. An excluded directory is not
-opened unless an exception pattern could re-include something below it; that check is
-per pattern and per directory, finer than fsutil's all-or-nothing ``onlyPrefixExcludeExceptions``
-but with the same result, so ``node_modules`` is skipped even when ``!**/*.md`` exists elsewhere
-in the file only if no exception can reach inside it.
+opened unless an exception pattern listed after the pattern that excluded it could match
+something below it. That check is per pattern and per directory, finer than fsutil's
+all-or-nothing ``onlyPrefixExcludeExceptions`` (one ``!**/*.md`` makes fsutil open every
+excluded directory; here ``!docs/*.md`` never opens ``node_modules``), and it cannot change the
+result, only the work: a directory is skipped only when nothing inside it can be included.
+
+Decisions follow ``MatchesOrParentMatches`` everywhere, walker included. fsutil's walker uses
+``MatchesUsingParentResults``, which differs in one corner: a pattern skipped at a directory
+(already decided) is not inherited by its children, so ``d``, ``!d/e``, ``d`` keeps ``d/e`` in
+BuildKit although the documented last-match rule (and this module) excludes it.
 
 Known, deliberate departures from Docker (where Docker's regex translation leaks through):
 ``\\x`` is always the literal ``x`` (Docker emits Go regex ``\\x``, so ``\\d`` is a digit class

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -341,15 +344,44 @@ def test_walk_missing_context_is_a_context_error(tmp_path: Path) -> None:
         list(walk_context(tmp_path / "missing", IgnoreMatcher(())))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads directories whatever their mode")
+_WALK_WITHOUT_DAC = """
+import json, sys
+from pathlib import Path
+from builder.errors import ContextError
+from builder.ignore import IgnoreMatcher, load_matcher, walk_context
+root = Path(sys.argv[1])
+out = {}
+for label, matcher in (("ignored", load_matcher(root, None)), ("plain", IgnoreMatcher(()))):
+    try:
+        out[label] = [entry.path for entry in walk_context(root, matcher)]
+    except ContextError as error:
+        out[label] = "ContextError: " + str(error)
+print(json.dumps(out))
+"""
+
+
 def test_unreadable_directory_excluded_is_skipped_included_is_an_error(tmp_path: Path) -> None:
+    # Root reads any directory: the walk runs in a child without the DAC override
+    # capabilities (setpriv drops them from the bounding set), so mode 000 really denies.
+    command = [sys.executable, "-c", _WALK_WITHOUT_DAC, str(tmp_path)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
     _make_tree(tmp_path, ["locked/x", "ok"], "*\n!**/x\n")
     (tmp_path / "locked").chmod(0)
     try:
-        # Excluded, descended because of the wildcard exception, unreadable: skipped (fsutil).
-        assert [e.path for e in walk_context(tmp_path, load_matcher(tmp_path, None))] == []
-        with pytest.raises(ContextError, match="locked: cannot read directory"):
-            list(walk_context(tmp_path, IgnoreMatcher(())))
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        walked = json.loads(result.stdout)
+        # Excluded, opened because of the wildcard exception, unreadable: skipped (fsutil).
+        assert walked["ignored"] == []
+        assert walked["plain"] == "ContextError: locked: cannot read directory: Permission denied"
     finally:
         (tmp_path / "locked").chmod(0o755)
 
