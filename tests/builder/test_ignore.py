@@ -142,6 +142,20 @@ def test_grammar_is_the_source_of_the_pattern_syntax() -> None:
     assert [t.data for t in tree.find_data("ignore_class")]
 
 
+@pytest.mark.parametrize("pattern", ["a b", " x", "x ", "[ ]", "a\\ b", "\t#x", "[^ \t]/ /c"])
+def test_grammar_keeps_whitespace_despite_dockerfile_ignores(pattern: str) -> None:
+    # The Dockerfile part of the grammar %ignores blanks; pattern terminals must outrank it.
+    tree = load_parser("ignore_pattern").parse(pattern)
+    assert "".join(str(token) for token in tree.scan_values(lambda _: True)) == pattern
+
+
+def test_exception_text_keeps_inner_leading_space_like_new() -> None:
+    # patternmatcher.New trims the whole line, then strips "!": "! x" is the exception " x".
+    matcher = IgnoreMatcher.from_patterns(["*", "! x"])
+    assert (matcher.patterns[1].exception, matcher.patterns[1].text) == (True, " x")
+    assert not matcher.excludes(" x") and matcher.excludes("x")
+
+
 @pytest.mark.parametrize(
     ("pattern", "reason"),
     [
