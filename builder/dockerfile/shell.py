@@ -31,6 +31,9 @@ pattern reports ``invalid escape '\\'``, nesting too deep for Python's stack is 
 ExpansionError, and ProcessWords keeps the text before a ``${v:-w}``-style expansion (BuildKit
 since its shared-buffer rewrite drops it; its older lexer, like this one, keeps it).
 
+COPY/ADD heredoc bodies go through the same lexer with quotes as plain characters
+(:func:`expand_heredoc`, BuildKit's ExpandRaw).
+
 Errors are :class:`builder.errors.ExpansionError` with BuildKit's message, e.g.
 ``failed to process "${a:?msg}": a: msg``; they carry no location (the caller adds it).
 """
@@ -44,7 +47,7 @@ from functools import lru_cache
 
 from builder.errors import ExpansionError
 
-__all__ = ["Expansion", "expand_with_matches", "expand_word", "expand_words"]
+__all__ = ["Expansion", "expand_heredoc", "expand_with_matches", "expand_word", "expand_words"]
 
 # Go's unicode.IsSpace (Python's str.isspace also accepts U+001C..U+001F, which Go does not).
 _GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -72,7 +75,7 @@ def expand_word(word: str, env: Mapping[str, str], *, escape: str = "\\") -> str
     """Return ``word`` with quotes removed and variables expanded, not split (ProcessWord)."""
     if _is_plain(word, escape):
         return word
-    return _Lexer(word, env, escape, collect_words=False).run()[0]
+    return _Lexer(word, env, escape).run()[0]
 
 
 def expand_words(text: str, env: Mapping[str, str], *, escape: str = "\\") -> list[str]:
@@ -86,21 +89,36 @@ def expand_with_matches(word: str, env: Mapping[str, str], *, escape: str = "\\"
     """Expand ``word`` like :func:`expand_word`; also report which names were set and unset."""
     if _is_plain(word, escape):
         return Expansion(word, frozenset(), frozenset())
-    lexer = _Lexer(word, env, escape, collect_words=False)
+    lexer = _Lexer(word, env, escape)
+    result = lexer.run()[0]
+    return Expansion(result, frozenset(lexer.matched), frozenset(lexer.unmatched))
+
+
+def expand_heredoc(body: str, env: Mapping[str, str]) -> Expansion:
+    """Expand a COPY/ADD heredoc body whose delimiter is unquoted (BuildKit's ExpandRaw).
+
+    ``$`` expansions and backslash escapes work as in a word (``\\$`` is ``$``, a lone
+    ``\\`` before a newline disappears), but quotes are ordinary characters.  The escape
+    character is always the backslash, whatever the ``# escape=`` directive says, as in
+    BuildKit.  RUN heredocs are not expanded here: their shell does that.
+    """
+    if _is_plain(body, "\\", quotes=False):
+        return Expansion(body, frozenset(), frozenset())
+    lexer = _Lexer(body, env, "\\", process_quotes=False)
     result = lexer.run()[0]
     return Expansion(result, frozenset(lexer.matched), frozenset(lexer.unmatched))
 
 
 @lru_cache(maxsize=8)
-def _plain_finder(escape: str) -> re.Pattern[str]:
-    return re.compile("[$'\"" + re.escape(escape) + "]|^" + _BOM)
+def _plain_finder(specials: str) -> re.Pattern[str]:
+    return re.compile("[" + re.escape(specials) + "]|^" + _BOM)
 
 
-def _is_plain(word: str, escape: str) -> bool:
+def _is_plain(word: str, escape: str, *, quotes: bool = True) -> bool:
     """True when the lexer would return ``word`` unchanged (the common case: nothing to do)."""
     if len(escape) != 1:
         raise ValueError(f"escape must be one character, not {escape!r}")
-    return _plain_finder(escape).search(word) is None
+    return _plain_finder(("$'\"" if quotes else "$") + escape).search(word) is None
 
 
 @lru_cache(maxsize=32)
@@ -142,10 +160,26 @@ class _Words:
 class _Lexer:
     """One expansion of one word; a cursor over the text, like lex.go's shellWord."""
 
-    __slots__ = ("collect_words", "env", "escape", "matched", "n", "pos", "source", "unmatched")
+    __slots__ = (
+        "collect_words",
+        "env",
+        "escape",
+        "matched",
+        "n",
+        "pos",
+        "quotes",
+        "source",
+        "unmatched",
+    )
 
     def __init__(
-        self, source: str, env: Mapping[str, str], escape: str, *, collect_words: bool
+        self,
+        source: str,
+        env: Mapping[str, str],
+        escape: str,
+        *,
+        collect_words: bool = False,
+        process_quotes: bool = True,
     ) -> None:
         self.source = source
         self.n = len(source)
@@ -154,6 +188,8 @@ class _Lexer:
         self.env = env
         self.escape = escape
         self.collect_words = collect_words
+        # Quote characters that open a quoted string; none for heredoc bodies.
+        self.quotes = "'\"" if process_quotes else ""
         self.matched: set[str] = set()
         self.unmatched: set[str] = set()
 
@@ -181,7 +217,7 @@ class _Lexer:
     ) -> tuple[str, list[str]]:
         """lex.go processStopOn: expand up to ``stop`` (consumed) or the end of the text."""
         src, esc = self.source, self.escape
-        literal = _literal_run("$'\"" + esc + (stop or "")).match
+        literal = _literal_run("$" + self.quotes + esc + (stop or "")).match
         out: list[str] = []
         acc = _Words() if words else None
         while self.pos < self.n:
@@ -203,12 +239,12 @@ class _Lexer:
                 out.append(value)
                 if acc is not None:
                     acc.add_split(value)
-            elif ch == "'":
+            elif ch == "'" and self.quotes:
                 value = self.process_single_quote()
                 out.append(value)
                 if acc is not None:
                     acc.add_raw(value)
-            elif ch == '"':
+            elif ch == '"' and self.quotes:
                 value = self.process_double_quote(raw_escapes)
                 out.append(value)
                 if acc is not None:

@@ -15,14 +15,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from builder.dockerfile import shell
-from builder.dockerfile.shell import Expansion, expand_with_matches, expand_word, expand_words
+from builder.dockerfile.shell import (
+    Expansion,
+    expand_heredoc,
+    expand_with_matches,
+    expand_word,
+    expand_words,
+)
 from builder.errors import DockerfileError, ExpansionError
 from tests.conftest import FIXTURES, NO_CORPUS_REASON, SHARED_CORPUS
 
 TABLE = FIXTURES / "shell" / "expand.tsv"
 SHELL_CORPUS = SHARED_CORPUS / "shell"
 
-MODES = {"word": "\\", "words": "\\", "matches": "\\", "word-bt": "`", "words-bt": "`"}
+MODES = {
+    "word": "\\",
+    "words": "\\",
+    "matches": "\\",
+    "word-bt": "`",
+    "words-bt": "`",
+    "heredoc": "\\",
+}
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,8 @@ def _run(mode: str, text: str, env: dict[str, str]) -> Any:
         return expand_words(text, env, escape=escape)
     if mode == "matches":
         return expand_with_matches(text, env, escape=escape)
+    if mode == "heredoc":
+        return expand_heredoc(text, env).result
     return expand_word(text, env, escape=escape)
 
 
