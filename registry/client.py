@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -308,7 +309,7 @@ class Client:
                         writer = blobs.writer(desc.digest)
                         response.close()
                         continue
-                    for block in response.iter_raw(_READ):
+                    for block in response.iter_raw():  # as received: a break keeps what arrived
                         writer.write(block)
                         progress(len(block))
                         if desc.size >= 0 and writer.size > desc.size:
@@ -391,8 +392,8 @@ class Client:
         # Relative Locations are resolved against the request URL (RFC 7231 §7.1.2).
         return urljoin(str(response.request.url), location)
 
-    def upload_status(self, ref: Reference, location: str) -> int | None:
-        """Bytes the registry holds for an upload session, or None when it is gone."""
+    def upload_status(self, ref: Reference, location: str) -> tuple[int, str] | None:
+        """(bytes the registry holds, the session's current Location), None when gone."""
         try:
             response = self.transport.request(
                 "GET",
@@ -407,11 +408,12 @@ class Client:
             if e.status in (400, 404, 416) or "BLOB_UPLOAD_UNKNOWN" in e.codes:
                 return None
             raise
-        rng = response.headers.get("range", "")
-        if "-" not in rng:
-            return 0
-        end = rng.rsplit("-", 1)[1]
-        return int(end) + 1 if end.isdigit() else 0
+        # distribution reports "0-<last byte>" and also "0-0" for an empty session; reading
+        # "0-0" as empty is the safe side: a wrong guess gets a 416 and a fresh session.
+        m = re.fullmatch(r"(?:bytes=)?(\d+)-(\d+)", response.headers.get("range", "").strip())
+        held = int(m.group(2)) + 1 if m and m.group(2) != "0" else 0
+        current = self._location(response) if response.headers.get("location") else location
+        return held, current
 
     def upload_blob(
         self,
@@ -568,11 +570,11 @@ class Client:
                     if failures >= policy.attempts:
                         raise
                     self.transport.sleep(policy.delay(failures))
-                    held = self.upload_status(ref, location)
-                    if held is None:
+                    status = self.upload_status(ref, location)
+                    if status is None:
                         progress(-reported)
                         raise  # the session is gone: the caller starts a new one
-                    offset = held
+                    offset, location = status
                     progress(offset - reported)
                     reported = offset
                     continue

@@ -505,6 +505,7 @@ class FaultProxy:
         self.upstream = upstream
         self.faults: list[Fault] = []
         self.hits: list[tuple[str, str, str]] = []  # (method, path, what happened)
+        self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
         self._lock = threading.Lock()
         owner = self
 
@@ -529,6 +530,7 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 method, path = self.command, self.path
+                owner.requests.append((method, path, dict(self.headers.items())))
                 fault = owner._take(method, path)
                 if fault is not None and fault.action == "status":
                     self._body()
@@ -577,6 +579,8 @@ class FaultProxy:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if fault is None or len(data) <= fault.after_bytes:
+                    if fault is not None:  # too short to break here: keep it for the next
+                        owner._give_back(fault)
                     owner.hits.append((method, path, "pass"))
                     self.wfile.write(data)
                     return
@@ -614,6 +618,10 @@ class FaultProxy:
                     fault.times -= 1
                     return fault
         return None
+
+    def _give_back(self, fault: Fault) -> None:
+        with self._lock:
+            fault.times += 1
 
     def inject(self, *faults: Fault) -> None:
         with self._lock:
