@@ -222,6 +222,11 @@ def test_random_text_raises_only_expansion_error(
     text: str, env: dict[str, str], escape: str
 ) -> None:
     try:
+        body = expand_heredoc(text, env)
+        assert body.matched <= env.keys() and not body.unmatched & env.keys()
+    except ExpansionError:
+        pass
+    try:
         word = expand_word(text, env, escape=escape)
     except ExpansionError:
         with pytest.raises(ExpansionError):
