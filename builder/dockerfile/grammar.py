@@ -72,7 +72,7 @@ class GrammarError(Exception):
         self.expected = expected
 
 
-_WORD_AT = re.compile(r"\S*")
+_WORD_AT = re.compile(r"[^\S\n]*(\S*)")
 
 
 def parse_tree(text: str, escape: str) -> Tree:
@@ -84,7 +84,7 @@ def parse_tree(text: str, escape: str) -> Tree:
         column = int(getattr(e, "column", 0) or 0)
         if isinstance(e, UnexpectedCharacters):
             match = _WORD_AT.match(text, e.pos_in_stream or 0)
-            seen = match.group(0) if match else ""
+            seen = match.group(1) if match else ""
             expected = frozenset(e.allowed or ())
         elif isinstance(e, UnexpectedToken):
             token = e.token

@@ -20,7 +20,7 @@ from lark import Token, Tree
 from builder.dockerfile import instructions as ins
 from builder.dockerfile.grammar import GrammarError, parse_tree
 from builder.dockerfile.instructions import MountSpec, Node
-from builder.dockerfile.source import Heredoc, Source, Span, Warning
+from builder.dockerfile.source import Heredoc, LogicalLine, Source, Span, Warning
 from builder.errors import (
     DockerfileError,
     DockerfileSyntaxError,
@@ -53,7 +53,8 @@ KNOWN_INSTRUCTIONS = [
 # kind: "s" string, "b" boolean (bare flag means true), "l" repeatable string list.
 FLAGS: dict[str, dict[str, str]] = {
     "FROM": {"platform": "s"},
-    "RUN": {"mount": "l", "network": "s", "security": "s"},
+    # --device is in BuildKit's labs channel; accepted so such Dockerfiles parse.
+    "RUN": {"mount": "l", "network": "s", "security": "s", "device": "l"},
     "COPY": {
         "from": "s",
         "chown": "s",
@@ -156,34 +157,38 @@ class SyntaxPass:
         self.first_line = len(source.directives) + 1  # Lark line of the first logical line
         self.warnings: list[Warning] = []
 
-    def logical(self, token: Token) -> int:
-        return (token.line or 1) - self.first_line
-
     def nodes(self, tree: Tree) -> list[Node]:
         out: list[Node] = []
+        lines = self.source.lines
+        first = self.first_line
         for part in tree.children:
             if not isinstance(part, Tree) or part.data == "directive":
                 continue
             # preamble and stage hold instruction trees directly
             for child in part.children:
                 if isinstance(child, Tree):
-                    out.append(self.node(child, None))
+                    head = child.children[0]
+                    assert isinstance(head, Token)
+                    out.append(self.node(child, lines[(head.line or 1) - first]))
         return out
 
-    def node(self, tree: Tree, index: int | None) -> Node:
+    def node(self, tree: Tree, line: LogicalLine) -> Node:
         children = tree.children
         head = children[0]
         assert isinstance(head, Token)
-        if index is None:
-            index = self.logical(head)
-        line = self.source.lines[index]
-        rule = str(tree.data)
-        keyword = _KEYWORD_OF_RULE.get(rule) or str(head).upper()
+        rule = tree.data
+        keyword = _KEYWORD_OF_RULE.get(rule) or head.value.lstrip().upper()
         flags: tuple[str, ...] = ()
         rest = children[1:]
-        if rest and isinstance(rest[0], Tree) and str(rest[0].data).endswith("_flags"):
-            flags = tuple(unquote_flag(str(t)) for t in rest[0].children if t.type == "FLAG")  # type: ignore[union-attr]
-            rest = rest[1:]
+        if rest:
+            first = rest[0]
+            if isinstance(first, Tree) and first.data.endswith("_flags"):
+                flags = tuple(
+                    unquote_flag(t.value.lstrip())
+                    for t in first.children
+                    if isinstance(t, Token) and t.type == "FLAG"
+                )
+                rest = rest[1:]
         args: tuple[str, ...] = ()
         json_form = False
         trigger: Node | None = None
@@ -191,17 +196,16 @@ class SyntaxPass:
         if rule == "onbuild":
             if rest:
                 sub = rest[0]
-                assert isinstance(sub, Tree) and isinstance(sub.children[0], Tree)
-                trigger = self.node(sub.children[0], index)
-        elif rule in ("healthcheck",):
-            if rest:
-                sub = rest[0]
                 assert isinstance(sub, Tree)
-                kind = str(sub.children[0])
-                args, json_form = self.command_args(keyword, sub.children[1:], line.span)
-                args = (kind, *args)
-        else:
-            args, json_form = self.args(rule, keyword, rest, line.span)
+                trigger = self.node(sub, line)
+        elif rest:
+            if rule == "healthcheck":
+                kind = rest[0]
+                assert isinstance(kind, Token)
+                args, json_form = self.values(keyword, rest[1:], line.span)
+                args = (kind.value.lstrip(), *args)
+            else:
+                args, json_form = self.values(keyword, rest, line.span)
             if line.heredocs and rule in ("run", "copy", "add") and not json_form:
                 heredocs = line.heredocs
         return Node(
@@ -215,20 +219,38 @@ class SyntaxPass:
             original=line.text,
         )
 
-    def command_args(
+    def values(
         self, keyword: str, rest: list[Tree | Token], span: Span
     ) -> tuple[tuple[str, ...], bool]:
+        """Arguments from the tokens after the flags (see the grammar's argument tokens)."""
         if not rest:
             return (), False
-        sub = rest[0]
-        assert isinstance(sub, Tree)
-        token = sub.children[0]
-        assert isinstance(token, Token)
-        if sub.data == "exec_form":
-            return tuple(self.json_array(str(token))), True
-        value = str(token)
-        self.check_json_like(keyword, value, span)
-        return (value,), False
+        first = rest[0]
+        if isinstance(first, Tree):
+            tokens = [t for t in first.children if isinstance(t, Token)]
+            if first.data == "heredoc_command":
+                return (self.text[tokens[0].start_pos : tokens[-1].end_pos].lstrip(),), False
+            words = tuple(t.value.lstrip() for t in tokens)  # copy_words
+            if words[0].startswith("["):
+                self.check_json_like(keyword, " ".join(words), span)
+            return words, False
+        kind = first.type
+        if kind == "JSON_ARRAY":
+            return tuple(self.json_array(first.value.lstrip())), True
+        if kind == "PAIR":
+            out: list[str] = []
+            for token in rest:
+                key, _, value = str(token).lstrip().partition("=")
+                out += (key, value)
+            return tuple(out), False
+        if kind in ("TEXT", "COMMAND_TEXT"):
+            value = first.value.strip()
+            if keyword in _MAYBE_JSON:
+                self.check_json_like(keyword, value, span)
+            return (value,), False
+        if kind == "WORD" and keyword == "VOLUME" and first.value.lstrip().startswith("["):
+            self.check_json_like(keyword, " ".join(str(t).lstrip() for t in rest), span)
+        return tuple(str(t).lstrip() for t in rest), False
 
     def json_array(self, text: str) -> list[str]:
         value, _ = json.JSONDecoder().raw_decode(text)
@@ -236,20 +258,21 @@ class SyntaxPass:
 
     def check_json_like(self, keyword: str, value: str, span: Span) -> None:
         """BuildKit's JSON-or-shell rule: a JSON array of non-strings is an error; text that
-        starts with "[" but is not JSON runs in shell form (worth a warning)."""
+        looks like a JSON array of strings but does not decode runs in shell form (warned)."""
         if not value.startswith("["):
             return
         try:
             decoded, _ = json.JSONDecoder().raw_decode(value)
         except ValueError:
-            self.warnings.append(
-                Warning(
-                    f"{keyword} arguments look like a JSON array but are not valid JSON; "
-                    "they are used in shell form",
-                    span,
-                    "JSONArgsInvalid",
+            if _LOOKS_LIKE_JSON.match(value):
+                self.warnings.append(
+                    Warning(
+                        f"{keyword} arguments look like a JSON array but are not valid JSON; "
+                        "they are used in shell form",
+                        span,
+                        "JSONArgsInvalid",
+                    )
                 )
-            )
             return
         if isinstance(decoded, list):
             raise DockerfileSyntaxError(
@@ -258,52 +281,9 @@ class SyntaxPass:
                 line=span.line,
             )
 
-    def args(
-        self, rule: str, keyword: str, rest: list[Tree | Token], span: Span
-    ) -> tuple[tuple[str, ...], bool]:
-        if rule in ("cmd", "entrypoint", "shell"):
-            return self.command_args(keyword, rest, span)
-        if not rest:
-            return (), False
-        if rule == "run":
-            sub = rest[0]
-            assert isinstance(sub, Tree)
-            if sub.data == "heredoc_command":
-                first, last = sub.children[0], sub.children[-1]
-                assert isinstance(first, Token) and isinstance(last, Token)
-                return (self.text[first.start_pos : last.end_pos],), False
-            return self.command_args(keyword, rest, span)
-        if rule in ("copy", "add", "volume"):
-            sub = rest[0]
-            assert isinstance(sub, Tree)
-            if sub.data == "exec_form":
-                return tuple(self.json_array(str(sub.children[0]))), True
-            words = tuple(str(t) for t in sub.children)
-            if words[0].startswith("["):
-                self.check_json_like(keyword, " ".join(words), span)
-            return words, False
-        if rule in ("env", "label"):
-            out: list[str] = []
-            for sub in rest:
-                assert isinstance(sub, Tree)
-                if sub.data == "legacy_pair":
-                    out.extend(str(t) for t in sub.children)
-                else:
-                    key, _, value = str(sub.children[0]).partition("=")
-                    out.extend((key, value))
-            return tuple(out), False
-        if rule == "arg":
-            return tuple(str(t.children[0]) for t in rest if isinstance(t, Tree)), False
-        if rule in ("from_",):
-            return tuple(str(t) for t in rest), False
-        if rule == "expose":
-            sub = rest[0]
-            assert isinstance(sub, Tree)
-            return tuple(str(t) for t in sub.children), False
-        # USER, WORKDIR, MAINTAINER, STOPSIGNAL and unknown instructions: the rest of the line
-        sub = rest[0]
-        assert isinstance(sub, Tree)
-        return (str(sub.children[0]),), False
+
+_MAYBE_JSON = frozenset({"RUN", "CMD", "ENTRYPOINT", "SHELL", "HEALTHCHECK"})
+_LOOKS_LIKE_JSON = re.compile(r"""^\[\s*["'].*\]\s*$""")
 
 
 def _syntax_message(line_text: str, error: GrammarError) -> str:
@@ -457,7 +437,8 @@ def parse_mount(spec: str, node: Node) -> MountSpec:
         key = key.strip().lower()
         fields[key] = value if eq else None
     mount_type = (fields.pop("type", None) or "bind").lower()
-    if mount_type not in MOUNT_TYPES:
+    # Values may use build args (type=$MOUNT_TYPE); those are checked after expansion.
+    if mount_type not in MOUNT_TYPES and "$" not in mount_type:
         raise _err(InvalidFlagError, node, f"unsupported mount type {mount_type!r}")
     target = None
     for key in ("target", "dst", "destination"):
@@ -477,7 +458,11 @@ def parse_mount(spec: str, node: Node) -> MountSpec:
     from_ = fields.pop("from", None)
     mount_id = fields.pop("id", None)
     sharing = fields.pop("sharing", None)
-    if sharing is not None and sharing not in ("shared", "private", "locked"):
+    if (
+        sharing is not None
+        and sharing not in ("shared", "private", "locked")
+        and "$" not in sharing
+    ):
         raise _err(InvalidFlagError, node, f"unsupported sharing value {sharing!r}")
     mode = _int_field(fields.pop("mode", None), "mode", node, base=8)
     uid = _int_field(fields.pop("uid", None), "uid", node)
@@ -518,11 +503,13 @@ def parse_mount(spec: str, node: Node) -> MountSpec:
         if hint:
             message += f" (did you mean {hint}?)"
         raise _err(InvalidFlagError, node, message)
-    if mount_type in ("bind", "cache", "tmpfs") and not target:
+    # A bind mount without target= is accepted (BuildKit's own Dockerfiles use
+    # `--mount=from=stage`); cache and tmpfs mounts need somewhere to go.
+    if mount_type in ("cache", "tmpfs") and not target:
         raise _err(InvalidFlagError, node, f"mount type {mount_type} requires a target (target=…)")
     if mount_type == "secret" and not target and not mount_id and not env and not source:
         raise _err(InvalidFlagError, node, "secret mount requires an id, target or env")
-    if from_ is not None and mount_type not in ("bind", "cache"):
+    if from_ is not None and mount_type in ("tmpfs", "secret", "ssh"):
         raise _err(InvalidFlagError, node, f"from= is not allowed on a {mount_type} mount")
     return MountSpec(
         type=mount_type,
@@ -624,14 +611,14 @@ def typed_instruction(node: Node, *, in_onbuild: bool = False) -> ins.Instructio
         _require(node, bool(args) or bool(node.heredocs), "RUN requires at least one argument")
         mounts = tuple(parse_mount(m, node) for m in flags.strings("mount"))
         network = flags.string("network")
-        if network is not None and network not in NETWORK_MODES:
+        if network is not None and network not in NETWORK_MODES and "$" not in network:
             raise _err(
                 InvalidFlagError,
                 node,
                 f"unsupported network mode {network!r} (use one of {', '.join(NETWORK_MODES)})",
             )
         security = flags.string("security")
-        if security is not None and security not in SECURITY_MODES:
+        if security is not None and security not in SECURITY_MODES and "$" not in security:
             raise _err(
                 InvalidFlagError,
                 node,
