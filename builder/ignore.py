@@ -251,6 +251,7 @@ class IgnorePattern:
     literal: str
     # Per "/"-segment regexes for the walker's "could this re-include below a directory" check;
     # None for a segment that can span directories (a "**", a negated class, an escaped "/").
+    # Only exceptions need them (only an exception can re-include); empty for the others.
     segments: tuple[re.Pattern[str] | None, ...]
     matches: Callable[[str], bool] = field(repr=False)
 
@@ -279,7 +280,7 @@ class IgnorePattern:
             kind=kind,
             regex=regex,
             literal=literal,
-            segments=cls._segment_regexes(pieces),
+            segments=cls._segment_regexes(pieces) if exception else (),
             matches=cls._matcher(kind, regex, literal),
         )
 
