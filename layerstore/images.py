@@ -130,8 +130,8 @@ class ImageStore:
             created = None
             with contextlib.suppress(StoreError):
                 created = self.read_config(doc.config.digest).created
-            return doc.media_type, doc.config.digest, doc.size + len(doc.raw), created
-        size = len(doc.raw)
+            return doc.media_type, doc.config.digest, doc.size, created
+        size = 0
         created = None
         seen: set[Digest] = set()
         for child in doc.manifests:
@@ -142,7 +142,6 @@ class ImageStore:
                 sub = self.read_document(child.digest, child.media_type)
             except StoreError:
                 continue
-            size += child.size
             if isinstance(sub, Manifest):
                 for d in (sub.config, *sub.layers):
                     if d.digest not in seen:

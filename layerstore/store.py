@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import json
 import os
 import time
@@ -25,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerstore.blobs import BlobStore, fsync_dir
 from layerstore.config import ImageConfig
@@ -35,6 +34,9 @@ from layerstore.digest import Digest
 from layerstore.errors import BlobNotFound, InvalidManifest, StoreError
 from layerstore.images import ImageStore
 from layerstore.manifest import Index, Manifest
+
+if TYPE_CHECKING:
+    from layerstore.snapshots import SnapshotStore
 
 OCI_LAYOUT_VERSION = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -67,6 +69,8 @@ class GCResult:
     kept: int = 0
     dangling_images: list[Digest] = field(default_factory=list)
     temp_files: int = 0
+    snapshots_removed: int = 0
+    cache_freed: int = 0
 
 
 class Store:
@@ -81,6 +85,11 @@ class Store:
         self.images = ImageStore(self.root, self.db, self.blobs)
         # Extra GC roots: callables returning digests something else still needs (build cache).
         self.gc_root_providers: list[Callable[[], Iterable[Digest]]] = []
+        # Run by ``gc(drop_caches=True)`` under the gc lock: each drops a cache (build cache
+        # records, …) and returns the bytes it freed.
+        self.cache_pruners: list[Callable[[], int]] = []
+        # Temp files of writers killed earlier; live writers hold their locks and are skipped.
+        self.blobs.clean_ingest()
 
     @classmethod
     def open(cls, root: Path | None = None) -> Store:
@@ -109,11 +118,11 @@ class Store:
             fsync_dir(self.root)
 
     @cached_property
-    def snapshots(self) -> Any:
-        """The unpacked-layer store (``layerstore.snapshots.SnapshotStore``), made on first use."""
-        # Imported by name: that module is optional to this one and written separately.
-        module = importlib.import_module("layerstore.snapshots")
-        return module.SnapshotStore(self.root / "snapshots", self.db, self.blobs)
+    def snapshots(self) -> SnapshotStore:
+        """The unpacked-layer store, made on first use (most commands never unpack)."""
+        from layerstore.snapshots import SnapshotStore
+
+        return SnapshotStore(self.root / "snapshots", self.db, self.blobs)
 
     def close(self) -> None:
         self.db.close()
@@ -238,17 +247,24 @@ class Store:
         grace_seconds: float = 0.0,
         extra_roots: Iterable[Digest] = (),
         dry_run: bool = False,
+        drop_caches: bool = False,
     ) -> GCResult:
         """Delete blobs unreachable from root images (and extra roots).
 
         ``prune_dangling`` first forgets images without a name (``pybuild prune``).
-        Blobs modified less than ``grace_seconds`` ago are kept, for writers that hold no
-        lease. Temp files of killed writers are removed too.
+        ``drop_caches`` (``prune --all``) also runs :attr:`cache_pruners` and deletes
+        snapshots of layers no remaining image uses; a build holds a :meth:`lease`, so none
+        of its mounted snapshots goes while it runs. Blobs modified less than
+        ``grace_seconds`` ago are kept, for writers that hold no lease. Temp files of
+        killed writers are removed too.
         """
         result = GCResult()
         with self._gc_lock(exclusive=True):
             if prune_dangling and not dry_run:
                 result.dangling_images = self.images.prune_dangling()
+            if drop_caches and not dry_run:
+                for pruner in self.cache_pruners:
+                    result.cache_freed += pruner()
             result.temp_files = len(self.blobs.clean_ingest()) if not dry_run else 0
             live = self.reachable(extra_roots)
             cutoff = time.time() - grace_seconds
@@ -270,7 +286,23 @@ class Store:
             if result.deleted and not dry_run:
                 self.images.forget_blob_sources(result.deleted)
                 fsync_dir(self.root / "blobs" / "sha256")
+            if drop_caches and not dry_run and (self.root / "snapshots").is_dir():
+                used = self.live_diff_ids()
+                for snap in self.snapshots.list():
+                    if snap.diff_id not in used and self.snapshots.remove(snap.diff_id):
+                        result.snapshots_removed += 1
+                        result.cache_freed += snap.size
         return result
+
+    def live_diff_ids(self) -> set[Digest]:
+        """Diff IDs of every layer of every root image (stored configs only)."""
+        out: set[Digest] = set()
+        for root in self.images.roots():
+            for d in self.referenced_by(root):
+                if d.media_type in MediaType.CONFIGS and self.blobs.has(d.digest):
+                    with contextlib.suppress(StoreError):
+                        out.update(self.read_config(d.digest).rootfs.diff_ids)
+        return out
 
     def check(self) -> list[str]:
         """Problems found: blobs not matching their names, missing referenced blobs,

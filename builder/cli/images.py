@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,36 +193,24 @@ def rmi(names: tuple[str, ...], force: bool) -> None:
         sys.exit(1)
 
 
-def _prune_hooks(store: Any) -> list[Callable[[], Any]]:
-    """What ``prune --all`` drops besides images: unused snapshots (and, once it exists,
-    build cache), through a ``prune()`` method their stores offer."""
-    hooks: list[Callable[[], Any]] = []
-    import importlib.util
-
-    if importlib.util.find_spec("layerstore.snapshots") is not None:
-        prune_snapshots = getattr(store.snapshots, "prune", None)
-        if callable(prune_snapshots):
-            hooks.append(prune_snapshots)
-    return hooks
-
-
 @click.command()
-@click.option("-a", "--all", "all_", is_flag=True, help="Also drop unused snapshots and cache.")
+@click.option(
+    "-a", "--all", "all_", is_flag=True, help="Also drop unpacked layers no image uses, and cache."
+)
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation (never asks).")
 def prune(all_: bool, force: bool) -> None:
     """Delete images without a name and every blob no image needs."""
     store = _store()
-    if all_:
-        for hook in _prune_hooks(store):
-            hook()
-    result = store.gc(prune_dangling=True)
+    result = store.gc(prune_dangling=True, drop_caches=all_)
     if result.dangling_images:
         click.echo("Deleted Images:")
         for digest in result.dangling_images:
             click.echo(f"deleted: {digest}")
         click.echo()
     click.echo(f"Deleted blobs: {len(result.deleted)}")
-    click.echo(f"Total reclaimed space: {human_size(result.freed)}")
+    if all_:
+        click.echo(f"Deleted snapshots: {result.snapshots_removed}")
+    click.echo(f"Total reclaimed space: {human_size(result.freed + result.cache_freed)}")
 
 
 @click.command()

@@ -104,7 +104,7 @@ def test_tag_resolve_list_and_index_json(store: Store) -> None:
     }
     rec = records[0]
     assert rec.image_id == m.config.digest
-    assert rec.size == m.size + len(m.to_bytes())
+    assert rec.size == m.size  # config + compressed layers, as docker images shows
     assert rec.created == "2024-01-01T00:00:00Z"
     index = json.loads((store.root / "index.json").read_bytes())
     assert sorted(e["annotations"][REF_NAME] for e in index["manifests"]) == [
@@ -314,3 +314,150 @@ def test_index_json_rewritten_when_tampered(store: Store) -> None:
     assert store.check() == ["index.json differs from the database"]
     store.images.sync_index()
     assert store.check() == []
+
+
+def test_gc_drop_caches_removes_snapshots_no_image_uses(store: Store) -> None:
+    keep = make_image(store, {"keep": b"k"})
+    drop = make_image(store, {"drop": b"d"})
+    store.commit_image(keep, ["localhost/keep:1"])
+    store.commit_image(drop, ["localhost/drop:1"])
+    paths = {}
+    for m in (keep, drop):
+        diff_id = store.read_config(m.config.digest).rootfs.diff_ids[-1]
+        paths[m.digest] = store.snapshots.ensure(m.layers[-1], diff_id)
+        assert paths[m.digest].is_dir()
+    store.images.remove("localhost/drop:1")
+    cache_calls: list[str] = []
+    store.cache_pruners.append(lambda: cache_calls.append("cache") or 7)
+    # A plain gc leaves snapshots (they are cache) alone.
+    store.gc()
+    assert paths[drop.digest].is_dir()
+    result = store.gc(prune_dangling=True, drop_caches=True)
+    assert result.snapshots_removed == 1
+    assert cache_calls == ["cache"]
+    assert result.cache_freed >= 7
+    assert paths[keep.digest].is_dir()
+    assert not paths[drop.digest].exists()
+    assert [s.diff_id for s in store.snapshots.list()] == list(
+        store.read_config(keep.config.digest).rootfs.diff_ids
+    )
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.5, "Less than a second"),
+        (1, "1 second"),
+        (59, "59 seconds"),
+        (60, "About a minute"),
+        (150, "2 minutes"),
+        (3599, "59 minutes"),
+        (3600, "About an hour"),
+        (5 * 3600, "5 hours"),
+        (47 * 3600, "47 hours"),
+        (3 * 86400, "3 days"),
+        (15 * 86400, "2 weeks"),
+        (70 * 86400, "2 months"),
+        (800 * 86400, "2 years"),
+    ],
+)
+def test_human_duration(seconds: float, text: str) -> None:
+    from builder.cli.images import human_duration
+
+    assert human_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0B"),
+        (999, "999B"),
+        (1000, "1kB"),
+        (11_400, "11.4kB"),
+        (7_049_999, "7.05MB"),
+        (2 * 10**9, "2GB"),
+    ],
+)
+def test_human_size(size: int, text: str) -> None:
+    from builder.cli.images import human_size
+
+    assert human_size(size) == text
+
+
+def test_cli_images_rmi_prune(store_root: Path) -> None:
+    from click.testing import CliRunner
+
+    from builder.cli import cli
+
+    store = Store.open(store_root)
+    m = make_image(store, {"a": b"1" * 3000})
+    fresh = ImageConfig(created=format_now()).with_layer(Digest.of(b"x"))
+    m2 = Manifest.build(config=store.put_config(fresh), layers=list(m.layers))
+    store.commit_image(m, ["docker.io/library/app:1.2", "127.0.0.1:5000/team/app:latest"])
+    store.commit_image(m2, ["docker.io/library/app:new"])
+    store.commit_image(make_image(store, {"d": b"dangling"}))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["images"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+    rows = {tuple(line.split()[:3]) for line in lines[1:]}
+    assert rows == {
+        ("app", "1.2", m.config.digest.short),
+        ("127.0.0.1:5000/team/app", "latest", m.config.digest.short),
+        ("app", "new", m2.config.digest.short),
+        ("<none>", "<none>", rows_none_id(store)),
+    }
+    new_line = next(line for line in lines if " new " in line)
+    assert "seconds ago" in new_line or "Less than a second ago" in new_line
+    assert human_size_of(m2) in new_line
+    # Columns line up like docker's tabwriter: every row's IMAGE ID starts where the header's does.
+    col = lines[0].index("IMAGE ID")
+    assert all(line[col : col + 12].strip() for line in lines[1:])
+    result = runner.invoke(cli, ["images", "app"])
+    assert sorted(line.split()[1] for line in result.output.splitlines()[1:]) == ["1.2", "new"]
+    result = runner.invoke(cli, ["images", "-q"])
+    assert len(result.output.split()) == 3  # unique IDs
+    # rmi: by ID refuses while two names point at it.
+    result = runner.invoke(cli, ["rmi", m.config.digest.short])
+    assert result.exit_code == 1
+    assert "referenced by 2 names" in result.output
+    result = runner.invoke(cli, ["rmi", "-f", m.config.digest.short])
+    assert result.exit_code == 0, result.output
+    assert sorted(result.output.splitlines()) == sorted(
+        ["Untagged: app:1.2", "Untagged: 127.0.0.1:5000/team/app:latest", f"Deleted: {m.digest}"]
+    )
+    # The shared layer survives (app:new uses it); m's config went.
+    assert store.blobs.has(m.layers[0].digest)
+    assert not store.blobs.has(m.config.digest)
+    result = runner.invoke(cli, ["rmi", "absent:1"])
+    assert result.exit_code == 1 and "no local image" in result.output
+    result = runner.invoke(cli, ["prune"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Deleted Images:\ndeleted: sha256:")
+    assert "Total reclaimed space: " in result.output
+    assert [r.name for r in store.images.list()] == ["docker.io/library/app:new"]
+    assert store.check() == []
+    store.close()
+
+
+def format_now() -> str:
+    from datetime import UTC, datetime
+
+    from layerstore.config import format_created
+
+    return format_created(datetime.now(UTC))
+
+
+def rows_none_id(store: Store) -> str:
+    (dangling,) = [r for r in store.images.list() if r.name is None]
+    return dangling.image_id.short
+
+
+def human_size_of(m: Manifest) -> str:
+    from builder.cli.images import human_size
+
+    return human_size(m.size)
