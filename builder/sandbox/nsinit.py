@@ -137,8 +137,66 @@ def _die_with_parent(expected_parent: int) -> None:
         os._exit(1)
 
 
+def _enter_user_namespace(spec: dict[str, Any]) -> None:
+    """Become root of a new user namespace (rootless pybuild).
+
+    With a subordinate id range (``/etc/subuid``, ``/etc/subgid`` and the setuid
+    ``newuidmap``/``newgidmap`` helpers) the image's users 1…N map onto it; without one,
+    only root (our own uid) exists inside and ``USER`` must be root.
+    """
+    uid, gid, idmap = spec["uid"], spec["gid"], spec.get("idmap")
+    if idmap:
+        # newuidmap must write our maps from outside the namespace: a child forked before
+        # unshare stays outside; it waits for the unshare, maps us and exits.
+        ready_r, ready_w = os.pipe()
+        helper = os.fork()
+        if helper == 0:
+            os.close(ready_w)
+            os.read(ready_r, 1)
+            target = str(os.getppid())
+            for tool, ranges in (("newuidmap", idmap["uid"]), ("newgidmap", idmap["gid"])):
+                args = [tool, target]
+                for inside, outside, count in ranges:
+                    args += [str(inside), str(outside), str(count)]
+                child = os.fork()
+                if child == 0:
+                    try:
+                        os.execvp(tool, args)
+                    finally:
+                        os._exit(127)
+                if os.waitpid(child, 0)[1] != 0:
+                    os._exit(1)
+            os._exit(0)
+        os.close(ready_r)
+    try:
+        libc.unshare(libc.CLONE_NEWUSER)
+    except OSError as exc:
+        raise SetupError(f"cannot create a user namespace: {exc.strerror}", "unavailable") from exc
+    if idmap:
+        os.write(ready_w, b"x")
+        os.close(ready_w)
+        if os.waitpid(helper, 0)[1] != 0:
+            raise SetupError(
+                "newuidmap/newgidmap could not map the subordinate id range", "unavailable"
+            )
+        return
+    try:
+        with open("/proc/self/setgroups", "w") as f:
+            f.write("deny")
+        with open("/proc/self/uid_map", "w") as f:
+            f.write(f"0 {uid} 1")
+        with open("/proc/self/gid_map", "w") as f:
+            f.write(f"0 {gid} 1")
+    except OSError as exc:
+        raise SetupError(
+            f"cannot map our uid into the user namespace: {exc.strerror}", "unavailable"
+        ) from exc
+
+
 def _supervise(spec: dict[str, Any], status: _Status) -> NoReturn:
     _die_with_parent(int(spec["parent_pid"]))
+    if spec.get("userns"):
+        _enter_user_namespace(spec)
     flags = libc.CLONE_NEWNS | libc.CLONE_NEWPID | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS
     if spec["network"] == "none":
         flags |= libc.CLONE_NEWNET
@@ -227,6 +285,13 @@ def _init(spec: dict[str, Any], status: _Status, lifeline: int) -> NoReturn:
         user = lookup_user("/", spec["user"])
     except UnknownUserError as exc:
         raise SetupError(str(exc), "user") from exc
+    single_id = bool(spec.get("userns")) and not spec.get("idmap")
+    if single_id and (user.uid, user.gid) != (0, 0):
+        raise SetupError(
+            f"rootless pybuild without a subordinate id range runs steps only as root, not as "
+            f"{spec['user']!r} (uid {user.uid}, gid {user.gid}): add a range for your user to "
+            f"/etc/subuid and /etc/subgid (and install newuidmap/newgidmap, package uidmap)"
+        )
     env = dict(spec["env"])
     env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("HOME", user.home)
@@ -235,7 +300,7 @@ def _init(spec: dict[str, Any], status: _Status, lifeline: int) -> NoReturn:
     step = os.fork()
     if step == 0:
         os.close(exec_error_r)
-        _exec_step(spec["argv"], env, spec["cwd"], user, exec_error_w)
+        _exec_step(spec["argv"], env, spec["cwd"], user, exec_error_w, single_id=single_id)
     os.close(exec_error_w)
     message = _read_all(exec_error_r)
     os.close(exec_error_r)
@@ -301,8 +366,8 @@ def _remount_readonly(target: str, name: str) -> None:
 
 
 def _locked_flags(path: str) -> int:
-    # A remount must repeat nosuid/nodev/noexec the mount already has, or it fails with EPERM
-    # in a user namespace.
+    # A remount must repeat the nosuid/nodev/noexec and atime flags the mount already has,
+    # or it fails with EPERM in a user namespace (they are locked there).
     flags = 0
     try:
         st = os.statvfs(path)
@@ -312,6 +377,9 @@ def _locked_flags(path: str) -> int:
         (os.ST_NOSUID, libc.MS_NOSUID),
         (os.ST_NODEV, libc.MS_NODEV),
         (os.ST_NOEXEC, libc.MS_NOEXEC),
+        (os.ST_NOATIME, libc.MS_NOATIME),
+        (os.ST_NODIRATIME, libc.MS_NODIRATIME),
+        (os.ST_RELATIME, libc.MS_RELATIME),
     ):
         if st.f_flag & bit:
             flags |= name
@@ -353,14 +421,20 @@ def _mount_overlay(spec: dict[str, Any]) -> None:
     # index/metacopy/redirect_dir off: the upper directory must hold whole files and plain
     # whiteouts/opaque markers, which a tree-walking differ can turn into a layer (Docker's
     # overlay2 "naive diff" has the same requirement).
-    extras = ",index=off,metacopy=off,redirect_dir=off"
+    # (redirect_dir=nofollow: no redirects created, none followed; "off" is refused with
+    # userxattr.)
+    extras = ",index=off,metacopy=off,redirect_dir=nofollow"
+    required = ""
+    if spec.get("userns"):
+        # Unprivileged overlayfs (Linux 5.11+) keeps its markers in user.overlay.* xattrs.
+        required = ",userxattr"
 
     def options(paths: list[str], up: str, wk: str) -> str:
         lower = ":".join(_escape_overlay_path(p) for p in paths)
         return f"lowerdir={lower},upperdir={_escape_overlay_path(up)},workdir={_escape_overlay_path(wk)}"
 
     data = options(lowers, upper, work)
-    if len(data) + len(extras) >= 4095:
+    if len(data) + len(extras) + len(required) >= 4095:
         # mount(2) takes one page of options. With many layers, name each through a short
         # symlink in our private directory, relative to it (Docker's overlay2 "l/" links):
         # the overlay follows them at mount time and resolves against our working directory.
@@ -370,16 +444,16 @@ def _mount_overlay(spec: dict[str, Any]) -> None:
             os.symlink(lower, os.path.join(links, f"{index:x}"))
         os.chdir(links)
         data = options([f"{index:x}" for index in range(len(lowers))], upper, work)
-        if len(data) + len(extras) >= 4095:
+        if len(data) + len(extras) + len(required) >= 4095:
             raise SetupError(f"too many image layers for one overlay mount ({len(lowers) - 1})")
     try:
         try:
-            libc.mount("overlay", spec["rootdir"], "overlay", 0, data + extras)
+            libc.mount("overlay", spec["rootdir"], "overlay", 0, data + required + extras)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
             # An older kernel may not know one of the extra options.
-            libc.mount("overlay", spec["rootdir"], "overlay", 0, data)
+            libc.mount("overlay", spec["rootdir"], "overlay", 0, data + required)
     except OSError as exc:
         hint = {
             errno.ENODEV: " (overlayfs is not available: load it with `modprobe overlay`)",
@@ -508,7 +582,13 @@ def _pivot_root(root: str) -> None:
 
 
 def _exec_step(
-    argv: list[str], env: dict[str, str], cwd: str, user: ExecUser, error_fd: int
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    user: ExecUser,
+    error_fd: int,
+    *,
+    single_id: bool,
 ) -> NoReturn:
     try:
         # Python ignores SIGPIPE and SIGXFSZ; an ignored signal survives execve.
@@ -527,7 +607,8 @@ def _exec_step(
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
                         raise
-        os.setgroups(list(user.groups))
+        if not single_id:  # setgroups is denied when only our own id is mapped
+            os.setgroups(list(user.groups))
         os.setresgid(user.gid, user.gid, user.gid)
         # Set while still root; switching to a non-zero uid then clears permitted and
         # effective (as in Docker, where a non-root step has no capabilities until it runs

@@ -185,10 +185,43 @@ def _make_scaffold(scaffold: Path, config: SandboxConfig) -> None:
 
 
 def _is_opaque(path: Path) -> bool:
+    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        with contextlib.suppress(OSError):
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+    return False
+
+
+def _subordinate_range(path: str, names: set[str]) -> tuple[int, int] | None:
     try:
-        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+        lines = Path(path).read_text().splitlines()
     except OSError:
-        return False
+        return None
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] in names and fields[1].isdigit() and fields[2].isdigit():
+            return int(fields[1]), int(fields[2])
+    return None
+
+
+def _rootless_idmap() -> dict[str, list[tuple[int, int, int]]] | None:
+    """uid/gid maps onto our ``/etc/subuid``/``subgid`` range, if we have one and the tools."""
+    if not (shutil.which("newuidmap") and shutil.which("newgidmap")):
+        return None
+    uid, gid = os.getuid(), os.getgid()
+    import pwd  # deferred: only rootless needs it
+
+    names = {str(uid)}
+    with contextlib.suppress(KeyError):
+        names.add(pwd.getpwuid(uid).pw_name)
+    uids = _subordinate_range("/etc/subuid", names)
+    gids = _subordinate_range("/etc/subgid", names | {str(gid)})
+    if uids is None or gids is None:
+        return None
+    return {
+        "uid": [(0, uid, 1), (1, uids[0], uids[1])],
+        "gid": [(0, gid, 1), (1, gids[0], gids[1])],
+    }
 
 
 def _lower_entry(lowerdirs: Sequence[Path], relative: str) -> os.stat_result | None:
@@ -321,6 +354,10 @@ def run_in_sandbox(
             "env": dict(env),
             "cwd": cwd,
             "user": user,
+            "userns": os.geteuid() != 0,
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+            "idmap": _rootless_idmap() if os.geteuid() != 0 else None,
         }
         spec_path = private / "spec.json"
         spec_path.write_text(json.dumps(spec))

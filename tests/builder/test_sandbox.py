@@ -6,12 +6,14 @@ Every test that runs a step needs root and overlayfs (marked ``root``, skipped o
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -565,6 +567,7 @@ def test_interrupt_in_pybuild_stops_the_step(run: Runner) -> None:
 
 PARENT_SCRIPT = """\
 import sys
+import tempfile
 from pathlib import Path
 from builder.sandbox import SandboxConfig, run_in_sandbox
 lower, upper, work, marker = sys.argv[1:]
@@ -602,3 +605,110 @@ def test_killed_pybuild_leaves_no_step_running(
             parent.kill()
             parent.wait()
     assert Path("/proc/self/mountinfo").read_text() == before
+
+
+# ---------------------------------------------------------------------------- rootless
+
+ROOTLESS_SCRIPT = """\
+import json, sys
+from pathlib import Path
+from builder.errors import BuildError
+from builder.sandbox import SandboxConfig, check_sandbox_support, run_in_sandbox
+check_sandbox_support()
+base = Path(sys.argv[1])
+results = []
+for index, (script, user, network) in enumerate(json.loads(sys.argv[2])):
+    upper, work = base / f"upper{index}", base / f"work{index}"
+    upper.mkdir()
+    work.mkdir()
+    config = SandboxConfig(lowerdirs=[base / "rootfs"], upperdir=upper, workdir=work, network=network)
+    try:
+        result = run_in_sandbox(config, ["/bin/sh", "-c", script], env={}, user=user)
+        results.append([result.exit_code, list(result.output_tail)])
+    except BuildError as exc:
+        results.append([type(exc).__name__, str(exc)])
+print(json.dumps(results))
+"""
+
+# (script, USER, network, expected [exit code, lines] or [error class, message part])
+ROOTLESS_CASES = [
+    ("id -u; echo $$; hostname", None, "default", [0, ["0", "2", "buildkitsandbox"]]),
+    ("ls /sys/class/net", None, "none", [0, ["lo"]]),
+    ("grep CapBnd /proc/self/status | cut -f2", None, "default", [0, [DOCKER_CAPBND]]),
+    (
+        "cat /dev/null; echo ok > /dev/null; cat /etc/hostname",
+        None,
+        "default",
+        [0, ["buildkitsandbox"]],
+    ),
+    (
+        "rm /etc/motd && rm -r /data && mkdir /data && echo n > /new",
+        None,
+        "default",
+        [0, []],
+    ),
+    ("id", "app", "default", ["SandboxUnavailable", "runs steps only as root"]),
+]
+
+
+def _python_for(uid: int) -> str | None:
+    """An interpreter that ``uid`` may run (the venv's may live under root's home)."""
+    for candidate in (sys.executable, f"/usr/bin/python3.{sys.version_info.minor}"):
+        real = os.path.realpath(candidate)
+        parts = Path(real).parents
+        if all(os.stat(p).st_mode & 0o001 for p in parts) and os.access(real, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.mark.root
+def test_rootless_user_namespace(sandbox_ready: None, rootfs: Path) -> None:
+    python = _python_for(65534)
+    if python is None or shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv and a Python interpreter the nobody user can run")
+    if (
+        not all(os.stat(p).st_mode & 0o001 for p in ROOT_DIR.parents)
+        or not os.stat(ROOT_DIR).st_mode & 0o005
+    ):
+        pytest.skip(f"the checkout {ROOT_DIR} is not readable by other users")
+    base = Path(tempfile.mkdtemp(prefix="pybuild-rootless-"))
+    try:
+        base.chmod(0o755)
+        shutil.copytree(rootfs, base / "rootfs", symlinks=True)
+        for path in [base, base / "rootfs", *(base / "rootfs").rglob("*")]:
+            os.chown(path, 65534, 65534, follow_symlinks=False)
+        cases = [[script, user, network] for script, user, network, _ in ROOTLESS_CASES]
+        completed = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                python,
+                "-c",
+                ROOTLESS_SCRIPT,
+                str(base),
+                json.dumps(cases),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT_DIR,
+            timeout=60,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr
+        results = json.loads(completed.stdout)
+        for (script, _, _, expected), actual in zip(ROOTLESS_CASES, results):
+            if isinstance(expected[0], str):
+                assert actual[0] == expected[0] and expected[1] in actual[1], script
+            else:
+                assert actual == expected, script
+        # Unprivileged overlayfs marks opaque directories with user.overlay.opaque.
+        upper = base / "upper4"
+        assert stat.S_ISCHR((upper / "etc" / "motd").lstat().st_mode)
+        assert (upper / "etc" / "motd").lstat().st_rdev == 0
+        assert os.getxattr(upper / "data", "user.overlay.opaque") == b"y"
+        assert sorted(p.name for p in upper.iterdir()) == ["data", "etc", "new"]
+        assert sorted(p.name for p in (upper / "etc").iterdir()) == ["motd"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
