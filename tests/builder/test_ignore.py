@@ -343,6 +343,16 @@ def test_walk_does_not_descend_into_symlinked_directory(
     assert opened_dirs == [str(tmp_path)]
 
 
+def test_walk_sorts_undecodable_names_by_bytes_and_matches_them(tmp_path: Path) -> None:
+    # b"\x80" sorts before "é" (b"\xc3\xa9") as bytes, after it as code points (U+DC80);
+    # the ignore file's undecodable pattern matches the undecodable name.
+    for name in (b"\x80x", "é".encode(), b"\xffy", b"z"):
+        (tmp_path / os.fsdecode(name)).write_text("x")
+    (tmp_path / ".dockerignore").write_bytes(b".dockerignore\n\xff*\n")
+    walked = [os.fsencode(e.path) for e in walk_context(tmp_path, load_matcher(tmp_path, None))]
+    assert walked == [b"z", b"\x80x", "é".encode()]
+
+
 def test_walk_without_patterns_never_matches(tmp_path: Path) -> None:
     _make_tree(tmp_path, ["a/b/c"], None)
 
