@@ -155,7 +155,6 @@ class MatchKind(enum.Enum):
 class _Piece:
     kind: str  # "slash" | "globstar" | "text" | "wild"
     regex: str
-    literal: str = ""  # for "text": the characters it stands for
     crosses_slash: bool = False
     has_bracket: bool = False  # patternmatcher's compile switches to regex on "[" or "]"
 
@@ -204,14 +203,14 @@ def _pieces(tree: Tree[Token], pattern: str) -> list[_Piece]:
     pieces: list[_Piece] = []
     for node in tree.children:
         if isinstance(node, Token):  # IGNORE_SLASH between segments
-            pieces.append(_Piece("slash", "/", literal="/"))
+            pieces.append(_Piece("slash", "/"))
             continue
         for part in node.children:
             if isinstance(part, Tree):
                 pieces.append(_class_piece(part, pattern))
             elif part.type == "IGNORE_TEXT":
                 text = str(part)
-                pieces.append(_Piece("text", re.escape(text), text, has_bracket="]" in text))
+                pieces.append(_Piece("text", re.escape(text), has_bracket="]" in text))
             elif part.type == "IGNORE_ESCAPED":
                 char = str(part)[1]
                 # An escaped character switches patternmatcher to a regex (no shortcut).
@@ -223,14 +222,14 @@ def _pieces(tree: Tree[Token], pattern: str) -> list[_Piece]:
     return pieces
 
 
-def _describe_syntax_error(pattern: str, error: UnexpectedInput) -> str:
+def _describe_syntax_error(pattern: str, error: UnexpectedInput, *, offset: int) -> str:
     if isinstance(error, UnexpectedToken) and error.token.type == "$END":
         return "unterminated '[' character class"
     position = error.pos_in_stream
     if not isinstance(position, int) or not 0 <= position < len(pattern):
         return "syntax error"
     char = pattern[position]
-    where = f"at column {position + 1}"
+    where = f"at column {position + 1 + offset}"
     if char == "\\":
         return "a trailing '\\' escapes nothing"
     if char == "]" and pattern[:position].endswith(("[", "[^")):
@@ -264,14 +263,13 @@ class IgnorePattern:
             if len(text) == 1:
                 raise IgnorePatternError('illegal exclusion pattern: "!"')
             text = text[1:]
+        shown = ("!" if exception else "") + text  # what the error shows, columns count in it
         try:
             tree = load_parser("ignore_pattern").parse(text)
         except UnexpectedInput as error:
-            reason = _describe_syntax_error(text, error)
-            raise IgnorePatternError(
-                f"invalid .dockerignore pattern {pattern!r}: {reason}"
-            ) from None
-        pieces = _pieces(tree, pattern)
+            reason = _describe_syntax_error(text, error, offset=len(shown) - len(text))
+            raise IgnorePatternError(f"invalid .dockerignore pattern {shown!r}: {reason}") from None
+        pieces = _pieces(tree, shown)
         kind, regex_source, literal = cls._classify(text, pieces)
         regex = re.compile(regex_source) if kind is MatchKind.REGEX else None
         return cls(
