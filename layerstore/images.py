@@ -416,6 +416,10 @@ class ImageStore:
         writers serialise and the last one to write has seen every earlier change.
         """
         with self.index_lock():
+            # Only the lock holder writes temp files, so any found now are a killed writer's.
+            for debris in self.root.glob(".index.json.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    debris.unlink()
             data = self.index_document()
             path = self.root / "index.json"
             try:

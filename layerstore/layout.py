@@ -393,6 +393,64 @@ def save_to_path(
         raise
 
 
+def save_layout_dir(store: Store, images: list[ExportImage], dest: Path) -> None:
+    """Write ``images`` into an OCI layout directory (created, or merged into an existing one).
+
+    Blobs are written atomically and verified, like the store's own; ``index.json`` keeps
+    entries for other names and replaces those with a name written now.
+    """
+    from layerstore.blobs import BlobStore, fsync_dir
+
+    dest = Path(dest)
+    if not images:
+        raise ArchiveError("no images to save")
+    dest.mkdir(parents=True, exist_ok=True)
+    index_path = dest / "index.json"
+    existing: list[dict[str, Any]] = []
+    if index_path.exists():
+        try:
+            existing = list(json.loads(index_path.read_bytes()).get("manifests") or [])
+        except (ValueError, AttributeError) as e:
+            raise ArchiveError(f"{dest}: existing index.json is unreadable: {e}") from None
+    elif any(dest.iterdir()):
+        raise ArchiveError(f"{dest}: directory is not empty and is not an OCI layout")
+    out = BlobStore(dest)
+    entries: list[dict[str, Any]] = []
+    for image in images:
+        for d in store.referenced_by(image.descriptor):
+            if store.blobs.has(d.digest):
+                if not out.has(d.digest):
+                    with store.blobs.open(d.digest) as f:
+                        out.put_stream(f, d.digest)
+            elif d is image.descriptor or not (
+                MediaType.is_manifest(d.media_type) or MediaType.is_foreign(d.media_type)
+            ):
+                raise ArchiveError(f"cannot save: blob {d.digest} ({d.media_type}) is not stored")
+        base = image.descriptor
+        for name in image.names:
+            ann = tuple(sorted({CONTAINERD_NAME: name, REF_NAME: name}.items()))
+            entries.append(
+                Descriptor(base.media_type, base.digest, base.size, annotations=ann).to_json()
+            )
+        if not image.names:
+            entries.append(Descriptor(base.media_type, base.digest, base.size).to_json())
+    written = {e.get("annotations", {}).get(REF_NAME) for e in entries} - {None}
+    kept = [e for e in existing if (e.get("annotations") or {}).get(REF_NAME) not in written]
+    with contextlib.suppress(OSError):
+        out.ingest_dir.rmdir()
+    layout = dest / "oci-layout"
+    if not layout.exists():
+        layout.write_bytes(OCI_LAYOUT_VERSION)
+    tmp = dest / f".index.json.{os.getpid()}.tmp"
+    tmp.write_bytes(
+        canonical_json(
+            {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX, "manifests": kept + entries}
+        )
+    )
+    os.replace(tmp, index_path)
+    fsync_dir(dest)
+
+
 # -- reading -----------------------------------------------------------------------------
 
 

@@ -219,10 +219,11 @@ def prune(all_: bool, force: bool) -> None:
 @click.option(
     "--format",
     "format_",
-    type=click.Choice(["docker", "oci"]),
+    type=click.Choice(["docker", "oci", "oci-dir"]),
     default="docker",
     show_default=True,
-    help="docker-archive (also an OCI layout, as Docker ≥ 25) or OCI archive.",
+    help="docker-archive (also an OCI layout, as Docker ≥ 25), OCI archive, or an OCI layout "
+    "directory (-o DIR; merged into an existing layout).",
 )
 @click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="Platform to save from an index.")
 def save(refs: tuple[str, ...], output: str | None, format_: str, platform: str | None) -> None:
@@ -239,6 +240,13 @@ def save(refs: tuple[str, ...], output: str | None, format_: str, platform: str 
             raise click.BadParameter(str(e), param_hint="--platform") from None
     store = _store()
     chosen = export_images(store, [_local_ref(store, r) for r in refs])
+    if format_ == "oci-dir":
+        if not output or output == "-":
+            raise click.UsageError("--format oci-dir needs -o DIRECTORY")
+        from layerstore.layout import save_layout_dir
+
+        save_layout_dir(store, chosen, Path(output))
+        return
     options: dict[str, Any] = {"format": format_, "platform": plat, "familiar": _familiar}
     if output and output != "-":
         save_to_path(store, chosen, Path(output), **options)

@@ -63,9 +63,10 @@ def _layer(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def image_store(tmp_path: Path) -> Iterator[tuple[Store, Manifest, ImageConfig]]:
+def _build_store(tmp_path: Path, compression: str = "gzip") -> tuple[Store, Manifest, ImageConfig]:
     import gzip
+
+    import zstandard
 
     store = Store.open(tmp_path / "store")
     cfg = ImageConfig(architecture="amd64", os="linux", created="2024-03-01T00:00:00Z")
@@ -75,8 +76,11 @@ def image_store(tmp_path: Path) -> Iterator[tuple[Store, Manifest, ImageConfig]]
         {"app/": b"", "app/run.sh": b"echo hi\n"},
     ):
         raw = _layer(files)
-        gz = gzip.compress(raw, mtime=0)
-        layers.append(Descriptor(MediaType.OCI_LAYER_GZIP, store.blobs.put_bytes(gz), len(gz)))
+        if compression == "zstd":
+            blob, media_type = zstandard.ZstdCompressor().compress(raw), MediaType.OCI_LAYER_ZSTD
+        else:
+            blob, media_type = gzip.compress(raw, mtime=0), MediaType.OCI_LAYER_GZIP
+        layers.append(Descriptor(media_type, store.blobs.put_bytes(blob), len(blob)))
         cfg = cfg.with_layer(Digest.of(raw), created_by=f"COPY {sorted(files)}")
     cfg = cfg.with_container_config(
         cmd=("/app/run.sh",),
@@ -88,8 +92,14 @@ def image_store(tmp_path: Path) -> Iterator[tuple[Store, Manifest, ImageConfig]]
     m = Manifest.build(config=store.put_config(cfg), layers=layers)
     for name in NAMES:
         store.commit_image(m, [name])
-    yield store, m, cfg
-    store.close()
+    return store, m, cfg
+
+
+@pytest.fixture
+def image_store(tmp_path: Path) -> Iterator[tuple[Store, Manifest, ImageConfig]]:
+    built = _build_store(tmp_path)
+    yield built
+    built[0].close()
 
 
 @pytest.mark.parametrize("name", [*NAMES, "digest"])
@@ -158,14 +168,13 @@ def podman(tmp_path: Path) -> Iterator[list[str]]:
     yield from _podman(tmp_path)
 
 
-@pytest.mark.parametrize("fmt", ["docker", "oci"])
+@pytest.mark.parametrize(
+    ("fmt", "compression"), [("docker", "gzip"), ("docker", "zstd"), ("oci", "gzip")]
+)
 def test_podman_loads_our_archive(
-    image_store: tuple[Store, Manifest, ImageConfig],
-    podman: list[str],
-    tmp_path: Path,
-    fmt: str,
+    podman: list[str], tmp_path: Path, fmt: str, compression: str
 ) -> None:
-    store, m, cfg = image_store
+    store, m, cfg = _build_store(tmp_path, compression)
     archive = tmp_path / f"app.{fmt}.tar"
     save_to_path(
         store,
@@ -186,6 +195,7 @@ def test_podman_loads_our_archive(
     assert info["Architecture"] == "amd64"
     # The image ID podman computes is our config digest: the config went through unchanged.
     assert info["Id"] == m.config.digest.hex
+    store.close()
 
 
 def test_we_load_what_skopeo_writes(
@@ -210,3 +220,21 @@ def test_we_load_what_skopeo_writes(
     assert [i.name for i in loaded] == ["docker.io/library/app:oci"]
     assert dest.check() == []
     dest.close()
+
+
+def test_umoci_and_skopeo_read_a_saved_layout_dir(
+    image_store: tuple[Store, Manifest, ImageConfig], tmp_path: Path
+) -> None:
+    from layerstore.layout import save_layout_dir
+
+    umoci, skopeo = _need("umoci"), _need("skopeo")
+    store, m, _ = image_store
+    layout = tmp_path / "out"
+    save_layout_dir(store, export_images(store, NAMES[:2]), layout)
+    for name in NAMES[:2]:
+        raw = _run(skopeo, "inspect", "--raw", f"oci:{layout}:{name}").stdout
+        assert raw.encode() == m.to_bytes()
+    bundle = tmp_path / "bundle"
+    args = [umoci, "unpack"] + ([] if os.geteuid() == 0 else ["--rootless"])
+    _run(*args, "--image", f"{layout}:{NAMES[1]}", str(bundle))
+    assert (bundle / "rootfs" / "etc" / "hello").read_bytes() == b"hello\n"

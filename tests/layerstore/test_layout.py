@@ -453,3 +453,52 @@ def test_cli_errors_are_one_line(store_root: Path, tmp_path: Path) -> None:
         assert proc.returncode == 1, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+
+
+def test_save_layout_dir_merges_and_round_trips(store: Store, dest: Store, tmp_path: Path) -> None:
+    from layerstore.layout import save_layout_dir
+
+    a = make_image(store, [{"a": b"1"}])
+    b = make_image(store, [{"b": b"2"}])
+    store.images.tag("docker.io/library/a:1", a.descriptor())
+    store.images.tag("docker.io/library/b:1", b.descriptor())
+    layout = tmp_path / "layout"
+    save_layout_dir(store, export_images(store, ["docker.io/library/a:1"]), layout)
+    save_layout_dir(store, export_images(store, ["docker.io/library/b:1"]), layout)
+    # Re-saving a name replaces its entry instead of duplicating it.
+    store.images.tag("docker.io/library/a:1", b.descriptor())
+    save_layout_dir(store, export_images(store, ["docker.io/library/a:1"]), layout)
+    index = json.loads((layout / "index.json").read_bytes())
+    names = {
+        e["annotations"]["org.opencontainers.image.ref.name"]: e["digest"]
+        for e in index["manifests"]
+    }
+    assert names == {"docker.io/library/a:1": str(b.digest), "docker.io/library/b:1": str(b.digest)}
+    assert not (layout / "ingest").exists()
+    loaded = load_path(dest, layout)
+    assert sorted(i.name or "" for i in loaded) == [
+        "docker.io/library/a:1",
+        "docker.io/library/b:1",
+    ]
+    assert dest.check() == []
+
+
+def test_save_layout_dir_refuses_a_non_layout_directory(store: Store, tmp_path: Path) -> None:
+    from layerstore.layout import save_layout_dir
+
+    m = make_image(store, [{"a": b"1"}])
+    store.images.tag("docker.io/library/a:1", m.descriptor())
+    target = tmp_path / "home"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(ArchiveError, match="not empty and is not an OCI layout"):
+        save_layout_dir(store, export_images(store, ["docker.io/library/a:1"]), target)
+
+
+def test_index_json_debris_of_a_killed_writer_is_removed(store: Store) -> None:
+    m = make_image(store, [{"a": b"1"}])
+    debris = store.root / ".index.json.99999.tmp"
+    debris.write_text("half")
+    store.images.tag("docker.io/library/a:1", m.descriptor())
+    assert not debris.exists()
+    assert store.check() == []
