@@ -295,6 +295,7 @@ def _init(spec: dict[str, Any], status: _Status, lifeline: int) -> NoReturn:
     env = dict(spec["env"])
     env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("HOME", user.home)
+    env.setdefault("HOSTNAME", spec["hostname"])  # containerd's WithHostname, as in BuildKit
 
     exec_error_r, exec_error_w = os.pipe()  # O_CLOEXEC: EOF on a successful exec
     step = os.fork()

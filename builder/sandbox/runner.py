@@ -307,6 +307,10 @@ def run_in_sandbox(
 
     Raises ``UnknownUserError`` for an unknown user or group, ``SandboxUnavailable`` when the
     kernel refuses a namespace or mount, ``ValueError`` for a malformed call.
+
+    May be called from several threads at once (one step each). The helper dies with the
+    *thread* that started it (``PR_SET_PDEATHSIG`` follows the forking thread), which is
+    fine because this call blocks in that thread until the step is over.
     """
     _validate(config, argv, cwd)
     started = time.monotonic()
@@ -407,6 +411,7 @@ class _HelperOutcome:
             detail = f" (helper killed by signal {-self.returncode})"
         raise SandboxUnavailable(
             f"RUN sandbox: the step's init process ended without a status{detail}"
+            + "".join(f"\n  {line}" for line in self.tail)
         )
 
 
