@@ -227,6 +227,13 @@ ISOLATION_CASES = [
         {},
         ["fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero "],
     ),
+    (
+        "dev-shm-writable",
+        "echo x > /dev/shm/a && cat /dev/shm/a && stat -c %a /dev/shm",
+        {},
+        ["x", "1777"],
+    ),
+    ("dev-ptmx-opens", "exec 3<>/dev/ptmx && ls /dev/pts | tr '\\n' ' '", {}, ["0 ptmx "]),
     ("dev-null-works", "echo x > /dev/null && head -c 4 /dev/zero | wc -c", {}, ["4"]),
     (
         "default-path",
@@ -565,6 +572,15 @@ def test_interrupt_in_pybuild_stops_the_step(run: Runner) -> None:
     with pytest.raises(KeyboardInterrupt):
         run(_sleep_in_background(marker), on_output=interrupt)
     assert seen == [True], "the step's sleep was never seen running"
+    assert not _sleepers(marker)
+
+
+@pytest.mark.root
+def test_processes_left_behind_die_with_the_step(run: Runner) -> None:
+    # A daemon the step started (re-parented to the step's init) must not outlive the step.
+    marker = "421.25"
+    result = run(f"(sleep {marker} > /dev/null 2>&1 &); echo left")
+    assert (result.exit_code, result.output_tail) == (0, ("left",))
     assert not _sleepers(marker)
 
 
