@@ -329,6 +329,23 @@ class Challenge:
         return cls(scheme.lower(), params)
 
 
+def merge_scopes(scopes: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Union the actions of scopes naming the same resource; sorted, for cache keys."""
+    merged: dict[tuple[str, str], set[str]] = {}
+    for scope in scopes:
+        kind, _, rest = scope.partition(":")
+        name, sep, actions = rest.rpartition(":")
+        if not sep:
+            merged.setdefault((kind, rest), set())
+            continue
+        merged.setdefault((kind, name), set()).update(a for a in actions.split(",") if a)
+    return tuple(
+        sorted(
+            f"{k}:{n}:{','.join(sorted(a))}" if a else f"{k}:{n}" for (k, n), a in merged.items()
+        )
+    )
+
+
 @dataclass(slots=True)
 class _Token:
     value: str
@@ -391,10 +408,10 @@ class Authenticator:
             self._scheme = "bearer"
             self._realm = challenge.params["realm"]
             self._service = challenge.params.get("service", "")
-            wanted = set(scopes)
+            wanted = list(scopes)
             if extra := challenge.params.get("scope"):
-                wanted.update(extra.split(" "))
-            key = tuple(sorted(wanted))
+                wanted.extend(extra.split(" "))
+            key = merge_scopes(wanted)
             self._tokens.pop(tuple(sorted(set(scopes))), None)
             token = self._fetch_token(key, transport)
             # Requests naming only ``scopes`` use the wider token the server asked for.

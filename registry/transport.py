@@ -412,7 +412,7 @@ class Transport:
         policy = self.options.retry
         started = time.monotonic()
         attempt = 0
-        auth_retried = False
+        auth_rounds = 0
         url = self.url(path)
         while True:
             attempt += 1
@@ -438,11 +438,13 @@ class Transport:
             status = response.status_code
             if status in ok_set:
                 return response
-            if status == 401 and self.auth is not None and not auth_retried:
+            # Two rounds: the first learns the challenge (or replaces an expired token); the
+            # second covers a token that was already stale when it arrived.
+            if status == 401 and self.auth is not None and auth_rounds < 2:
                 challenge = response.headers.get("www-authenticate", "")
                 _drain(response)
                 if challenge and self.auth.handle_challenge(challenge, scopes, self):
-                    auth_retried = True
+                    auth_rounds += 1
                     attempt -= 1
                     continue
                 body = b""

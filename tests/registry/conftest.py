@@ -298,6 +298,7 @@ class TokenServer:
     issuer: str = "pybuild-test-issuer"
     expires_in: int = 300
     requests: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    stale_next: int = 0  # issue this many tokens already expired (beyond the 60 s leeway)
     refresh_tokens: dict[str, str] = field(default_factory=dict)
     port: int = 0
     key: Any = None
@@ -393,6 +394,9 @@ class TokenServer:
                 granted = ["pull"] if name.startswith("public/") and "pull" in wanted else []
             access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
+        if self.stale_next > 0:
+            self.stale_next -= 1
+            now -= 3600
         claims = {
             "iss": self.issuer,
             "sub": account,
@@ -468,7 +472,7 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
 class Fault:
     """One injected fault: applies to the next ``times`` requests that match."""
 
-    action: str  # "status" | "drop" | "stall" | "flip"
+    action: str  # "status" | "drop" | "stall" | "flip" | "redirect"
     method: str = ""
     path_contains: str = ""
     times: int = 1
@@ -506,6 +510,8 @@ class FaultProxy:
         self.faults: list[Fault] = []
         self.hits: list[tuple[str, str, str]] = []  # (method, path, what happened)
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
+        self.storage: dict[str, bytes] = {}
+        self.storage_requests: list[dict[str, str]] = []
         self._lock = threading.Lock()
         owner = self
 
@@ -560,6 +566,15 @@ class FaultProxy:
                     with contextlib.suppress(OSError):
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                if self.path.startswith("/storage/"):
+                    # The "blob storage" a redirect points at: record who asked, serve bytes.
+                    owner.storage_requests.append(dict(self.headers.items()))
+                    data = owner.storage.get(self.path.split("?")[0], b"")
+                    self.send_response(200 if data else 404)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 body = self._body()
                 conn = http.client.HTTPConnection(owner.upstream, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
@@ -567,6 +582,18 @@ class FaultProxy:
                 resp = conn.getresponse()
                 data = resp.read()
                 conn.close()
+                if fault is not None and fault.action == "redirect" and resp.status == 200:
+                    key = f"/storage/{secrets.token_hex(8)}"
+                    owner.storage[key] = data
+                    port = owner.host.rsplit(":", 1)[1]
+                    owner.hits.append((method, path, "redirect"))
+                    self.send_response(307)
+                    self.send_header(
+                        "Location", f"http://localhost:{port}{key}?X-Amz-Signature=s3cr3t"
+                    )
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in _HOP and k.lower() != "content-length":
@@ -633,6 +660,13 @@ class FaultProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture
+def token_proxy(token_registry: RegistryServer) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(token_registry.host)
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture
