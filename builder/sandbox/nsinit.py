@@ -237,6 +237,10 @@ def _init(spec: dict[str, Any], status: _Status, lifeline: int) -> NoReturn:
     # through a pipe only it holds open: readable (EOF) means it is already gone.
     if select.select([lifeline], [], [], 0)[0]:
         os._exit(1)
+    # Default dispositions: the kernel then drops signals the step sends its init (PID 1),
+    # where Python's own SIGINT handler would have turned them into KeyboardInterrupt.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
     os.umask(0o022)
     root = spec["rootdir"]
     created: list[str] = []

@@ -166,6 +166,12 @@ ISOLATION_CASES = [
         ["2", "1"],
     ),
     (
+        "init-ignores-step-signals",
+        "kill -INT 1; kill -TERM 1; kill -HUP 1; sleep 0.1; echo alive",
+        {},
+        ["alive"],
+    ),
+    (
         "no-host-processes",
         "ls /proc | grep -E '^[0-9]+$' | awk '$1 > 20' | wc -l",
         {},
