@@ -201,7 +201,7 @@ def test_cleaner_never_removes_a_live_writers_temp(tmp_path: Path) -> None:
 
 _CONCURRENT = textwrap.dedent(
     """
-    import sys
+    import sys, time
     from pathlib import Path
     from layerstore.store import Store
     from layerstore.manifest import Manifest
@@ -211,19 +211,44 @@ _CONCURRENT = textwrap.dedent(
 
     root, who, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     store = Store.open(root)
+    if who == "gc":
+        for i in range(rounds * 4):
+            store.gc(prune_dangling=True)
+            time.sleep(0.01)
+        print("done", flush=True)
+        raise SystemExit(0)
     shared = b"shared layer " * 50000
     for i in range(rounds):
         own = f"{who} layer {i} ".encode() * 5000
-        layers = []
-        for data in (shared, own):
-            d = store.blobs.put_bytes(data, Digest.of(data))
-            layers.append(Descriptor(MediaType.OCI_LAYER, d, len(data)))
-        cfg = ImageConfig(created="2024-01-01T00:00:00Z").with_layer(layers[1].digest)
-        m = Manifest.build(config=store.put_config(cfg), layers=layers)
-        store.commit_image(m, [f"localhost/{who}:{i}", "localhost/shared:latest"])
+        with store.lease():  # blobs written before they are named: gc must wait
+            layers = []
+            for data in (shared, own):
+                d = store.blobs.put_bytes(data, Digest.of(data))
+                layers.append(Descriptor(MediaType.OCI_LAYER, d, len(data)))
+            time.sleep(0.02)  # a build's work between writing a layer and naming the image
+            cfg = ImageConfig(created="2024-01-01T00:00:00Z").with_layer(layers[1].digest)
+            m = Manifest.build(config=store.put_config(cfg), layers=layers)
+            store.commit_image(m, [f"localhost/{who}:{i}", "localhost/shared:latest"])
     print("done", flush=True)
     """
 )
+
+
+def _run_concurrently(root: Path, roles: tuple[str, ...], rounds: int) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONCURRENT, str(root), who, str(rounds)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for who in roles
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert out.strip() == "done"
 
 
 def test_two_processes_write_one_store(tmp_path: Path) -> None:
@@ -252,4 +277,20 @@ def test_two_processes_write_one_store(tmp_path: Path) -> None:
     assert all(store.blobs.verify(d) for d in blobs)
     assert len(blobs) == 1 + 2 * rounds * 3  # shared + (own layer, config, manifest) each
     assert os.listdir(store.blobs.ingest_dir) == []
+    store.close()
+
+
+def test_gc_running_beside_writers_never_breaks_an_image(tmp_path: Path) -> None:
+    rounds = 12
+    _run_concurrently(tmp_path, ("alpha", "gc", "beta"), rounds)
+    store = Store.open(tmp_path)
+    assert store.check() == []
+    # Every named image is complete: gc never took a blob a writer was about to name.
+    names = store.images.names()
+    assert len(names) == 2 * rounds + 1
+    for name in names:
+        img = store.image(name)
+        assert img.manifest is not None
+        for layer in img.manifest.layers:
+            assert store.blobs.verify(layer.digest)
     store.close()
