@@ -759,3 +759,36 @@ def test_rootless_user_namespace(sandbox_ready: None, rootfs: Path) -> None:
         assert sorted(p.name for p in (upper / "etc").iterdir()) == ["motd"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- the helper's imports
+
+# The helper runs as `python -I -S` (no site-packages) and loads these files directly.
+HELPER_MODULES = ["nsinit", "libc", "rootpath", "userdb"]
+HELPER_MAY_IMPORT = {f"builder.sandbox.{name}" for name in HELPER_MODULES} | {"builder.errors"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [ROOT_DIR / "builder" / "sandbox" / f"{name}.py" for name in HELPER_MODULES]
+    + [ROOT_DIR / "builder" / "errors.py"],
+    ids=lambda p: p.name,
+)
+def test_helper_modules_import_only_the_standard_library(path: Path) -> None:
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "builder.sandbox":
+            names += [f"builder.sandbox.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    bad = [
+        name
+        for name in names
+        if name.split(".")[0] not in sys.stdlib_module_names and name not in HELPER_MAY_IMPORT
+    ]
+    assert not bad, f"{path.name} is loaded by the sandbox helper without site-packages: {bad}"
