@@ -26,6 +26,22 @@ def _store() -> Any:
     return Store.open()
 
 
+def _store_for_gc() -> Any:
+    """The store with the build cache's blobs registered as GC roots (so ``rmi`` and
+    ``prune`` keep them) and its ``clear`` as a cache pruner (for ``prune --all``)."""
+    from builder.cache import CacheIndex
+
+    store = _store()
+    cache = CacheIndex(store)
+
+    def clear_cache() -> int:
+        cache.clear()
+        return 0  # the blobs it held are freed (and counted) by the gc that follows
+
+    store.cache_pruners.append(clear_cache)
+    return store
+
+
 def _normalize(text: str) -> str:
     return str(Reference.parse(text))
 
@@ -172,7 +188,7 @@ def rmi(names: tuple[str, ...], force: bool) -> None:
     """Remove local image names; an image is deleted when its last name goes."""
     from layerstore.errors import StoreError
 
-    store = _store()
+    store = _store_for_gc()
     failed = False
     deleted_any = False
     for text in names:
@@ -200,7 +216,7 @@ def rmi(names: tuple[str, ...], force: bool) -> None:
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation (never asks).")
 def prune(all_: bool, force: bool) -> None:
     """Delete images without a name and every blob no image needs."""
-    store = _store()
+    store = _store_for_gc()
     result = store.gc(prune_dangling=True, drop_caches=all_)
     if result.dangling_images:
         click.echo("Deleted Images:")

@@ -461,3 +461,30 @@ def human_size_of(m: Manifest) -> str:
     from builder.cli.images import human_size
 
     return human_size(m.size)
+
+
+def test_cli_prune_keeps_build_cache_blobs_until_all(store_root: Path) -> None:
+    from click.testing import CliRunner
+
+    from builder.cache import CachedState, CacheIndex, LayerRef
+    from builder.cachekey import CacheKey
+    from builder.cli import cli
+
+    store = Store.open(store_root)
+    m = make_image(store, {"cached": b"layer"})  # stored but never named: only the cache needs it
+    diff_id = store.read_config(m.config.digest).rootfs.diff_ids[0]
+    CacheIndex(store).put(
+        CacheKey("ab" * 32, {}), CachedState(m.config.digest, (LayerRef(m.layers[0], diff_id),))
+    )
+    stray = store.blobs.put_bytes(b"stray")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["prune"])
+    assert result.exit_code == 0, result.output
+    assert not store.blobs.has(stray)
+    assert store.blobs.has(m.layers[0].digest) and store.blobs.has(m.config.digest)
+    result = runner.invoke(cli, ["prune", "--all"])
+    assert result.exit_code == 0, result.output
+    assert "Deleted snapshots: 0" in result.output
+    assert not store.blobs.has(m.layers[0].digest)
+    assert len(CacheIndex(store)) == 0
+    store.close()
