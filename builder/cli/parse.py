@@ -32,7 +32,7 @@ def _build_args(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _document(dockerfile: Any, plan: Any) -> dict[str, Any]:
+def document(dockerfile: Any, plan: Any) -> dict[str, Any]:
     nodes = list(dockerfile.nodes)
     index_of = {id(n): i for i, n in enumerate(nodes)}
     directives: dict[str, str] = {"escape": dockerfile.escape}
@@ -131,6 +131,6 @@ def parse(
     for warning in dockerfile.warnings:
         click.echo(str(warning), err=True)
     if as_json:
-        click.echo(json.dumps(_document(dockerfile, plan), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(document(dockerfile, plan), indent=2, ensure_ascii=False))
     else:
         click.echo(_outline(dockerfile, plan))

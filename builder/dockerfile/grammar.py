@@ -88,7 +88,9 @@ def parse_tree(text: str, escape: str) -> Tree:
             expected = frozenset(e.allowed or ())
         elif isinstance(e, UnexpectedToken):
             token = e.token
-            seen = "end of line" if token.type in ("_NL", "$END") else str(token)
+            seen = "end of line" if token.type in ("_NL", "$END") else str(token).strip()
+            # tokens carry their leading blanks: point at the word itself
+            column += len(str(token)) - len(str(token).lstrip())
             if token.type == "$END" or line <= 0:
                 line = max(text.count("\n"), 1)
             expected = frozenset(e.expected or ())

@@ -27,6 +27,7 @@ _CONTINUATION = {
 }
 _HEREDOC_INSTRUCTIONS = frozenset({"RUN", "COPY", "ADD"})
 _HEREDOC_WORD = re.compile(r"^(\d*)<<(-?)([^<]*)$")
+_BARE_OPERATOR = re.compile(r"^(\d*)<<(-?)$")
 _RAW_WORD = re.compile(r"""(?:[^\s"'\\]|\\.|\\$|"(?:[^"\\]|\\.|\\$)*"?|'[^']*'?)+""", re.S)
 _LEADING_FLAGS = re.compile(r"""(?:--(?:[^\s"'\\]|\\.|"(?:[^"\\]|\\.)*"?|'[^']*'?)*\s*)*""")
 _FIRST_WORD = re.compile(r"(\S+)\s*")
@@ -147,11 +148,19 @@ def parse_heredoc_word(word: str) -> Heredoc | None:
     match = _HEREDOC_WORD.match(word)
     if not match:
         return None
-    fd, dash, rest = match.groups()
+    return _heredoc(*match.groups())
+
+
+def _heredoc(fd: str, dash: str, rest: str) -> Heredoc | None:
     if not rest:
         return None
-    if len(raw_words(rest)) != 1:
+    if _open_quote(rest):
+        delimiter = f"<<{dash}{rest}"
+        raise ValueError(f"unterminated quote in heredoc delimiter {delimiter!r}")
+    words = raw_words(rest)
+    if len(words) != 1:
         return None
+    rest = words[0]
     name = unquote(rest)
     if not name:
         return None
@@ -159,6 +168,24 @@ def parse_heredoc_word(word: str) -> Heredoc | None:
     # the word with and without quote removal).
     quoted = (name.count("'") + name.count('"')) != (rest.count("'") + rest.count('"'))
     return Heredoc(name=name, content="", expand=not quoted, chomp=dash == "-", fd=int(fd or 0))
+
+
+def _open_quote(word: str) -> bool:
+    """Whether a raw word ends inside a quote (BuildKit's lexer rejects such a delimiter)."""
+    quote = ""
+    escaped = False
+    for c in word:
+        if escaped:
+            escaped = False
+        elif quote == "'":
+            quote = "" if c == "'" else quote
+        elif c == "\\":
+            escaped = True
+        elif quote == '"':
+            quote = "" if c == '"' else quote
+        elif c in "'\"":
+            quote = c
+    return bool(quote)
 
 
 def _is_json_array(rest: str) -> bool:
@@ -190,8 +217,22 @@ def _heredoc_markers(line: str) -> list[Heredoc]:
         return []
     if _is_json_array(rest[_LEADING_FLAGS.match(rest).end() :]):  # type: ignore[union-attr]
         return []
-    found = (parse_heredoc_word(w) for w in raw_words(line))
-    return [h for h in found if h is not None]
+    words = raw_words(line)
+    found: list[Heredoc] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        # BuildKit also takes `<<  EOF` (blanks between the operator and the delimiter)
+        operator = _BARE_OPERATOR.match(word)
+        if operator and i + 1 < len(words):
+            i += 1
+            heredoc = _heredoc(operator.group(1), operator.group(2), words[i])
+        else:
+            heredoc = parse_heredoc_word(word)
+        if heredoc is not None:
+            found.append(heredoc)
+        i += 1
+    return found
 
 
 def _is_comment(line: str) -> bool:
@@ -303,7 +344,10 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
                 )
         heredocs: tuple[Heredoc, ...] = ()
         if "<<" in joined:
-            markers = _heredoc_markers(joined)
+            try:
+                markers = _heredoc_markers(joined)
+            except ValueError as e:
+                raise DockerfileSyntaxError(str(e), filename=filename, line=start) from None
             bodies: list[Heredoc] = []
             for marker in markers:
                 body: list[str] = []
