@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from layerstore.blobs import BlobStore
 from layerstore.descriptor import MediaType
@@ -440,6 +441,71 @@ def _tar_bytes(files: dict[str, bytes], fmt: int = tarfile.PAX_FORMAT) -> bytes:
     return buf.getvalue()
 
 
+_ZSTD_TAR = zstandard.ZstdCompressor(write_checksum=True).compress(
+    _tar_bytes({"f": random.Random(5).randbytes(300_000)})
+)
+
+
+def _tar_of(
+    members: list[tuple[tarfile.TarInfo, bytes]], fmt: int, pax: dict[str, str] | None = None
+) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, pax_headers=pax or {}) as tf:
+        for info, data in members:
+            info.size = len(data) if info.isreg() else 0
+            tf.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buf.getvalue()
+
+
+def _info(name: str, **kw: Any) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    for k, v in kw.items():
+        setattr(info, k, v)
+    return info
+
+
+LONG_DIR = "/".join(["segment"] * 20)  # 159 bytes: ustar needs its prefix field
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT],
+    ids=["ustar", "gnu", "pax"],
+)
+def test_reader_handles_tar_formats(fmt: int, tmp_path: Path) -> None:
+    """ustar prefix names, GNU long names and base-256 numbers, PAX records, global headers."""
+    long_name = "n" * 130 if fmt != tarfile.USTAR_FORMAT else "short"
+    big_uid = 70_000_000 if fmt != tarfile.USTAR_FORMAT else 1000
+    members = [
+        (_info(f"{LONG_DIR}/file", mode=0o640, uid=big_uid, gid=5, mtime=1_234_567), b"deep"),
+        (_info(long_name, mode=0o644), b"long"),
+        (_info("dir", type=tarfile.DIRTYPE, mode=0o750, mtime=42), b""),
+        (_info("dir/link", type=tarfile.SYMTYPE, linkname="../" + long_name), b""),
+        (_info("dir/hard", type=tarfile.LNKTYPE, linkname=long_name), b""),
+    ]
+    if fmt == tarfile.PAX_FORMAT:
+        members.append((_info("x", pax_headers={"SCHILY.xattr.user.k": "v", "mtime": "7.5"}), b"x"))
+    raw = _tar_of(members, fmt, {"comment": "global header"} if fmt == tarfile.PAX_FORMAT else None)
+    out = tmp_path / "out"
+    stats = apply_layer(io.BytesIO(raw), out)
+    assert stats.diff_id == Digest.of(raw) and stats.entries == len(members)
+    st = os.stat(out / LONG_DIR / "file")
+    assert (out / LONG_DIR / "file").read_bytes() == b"deep"
+    assert (oct(stat.S_IMODE(st.st_mode)), st.st_mtime) == ("0o640", 1_234_567)
+    if IS_ROOT:
+        assert (st.st_uid, st.st_gid) == (big_uid, 5)
+    assert (out / long_name).read_bytes() == b"long"
+    assert os.readlink(out / "dir" / "link") == "../" + long_name
+    assert os.path.samefile(out / "dir" / "hard", out / long_name)
+    assert (oct(stat.S_IMODE(os.stat(out / "dir").st_mode)), os.stat(out / "dir").st_mtime) == (
+        "0o750",
+        42,
+    )
+    if fmt == tarfile.PAX_FORMAT:
+        assert os.getxattr(out / "x", "user.k") == b"v"
+        assert os.stat(out / "x").st_mtime_ns == 7_500_000_000
+
+
 def test_decompression_follows_magic_bytes_not_media_type(tmp_path: Path) -> None:
     raw = _tar_bytes({"a": b"1" * 5000, "b": b"2"})
     half = len(raw) // 2
@@ -467,8 +533,23 @@ def test_tar_made_by_gnu_tar_applies(tmp_path: Path) -> None:
         b"\x1f\x8b\x08\x00garbage",
         gzip.compress(b"x" * 700)[:-9],
         b"\x28\xb5\x2f\xfdjunk",
+        _ZSTD_TAR[: len(_ZSTD_TAR) // 2],
+        _ZSTD_TAR[:-3],
+        b"",
+        _tar_bytes({"a": b"1" * 3000})[:1200],
+        b"\x00" * 100 + b"\x01" * 412,
     ],
-    ids=["text", "bad-gzip", "truncated-gzip", "bad-zstd"],
+    ids=[
+        "text",
+        "bad-gzip",
+        "truncated-gzip",
+        "bad-zstd",
+        "truncated-zstd",
+        "zstd-no-checksum",
+        "empty",
+        "truncated-tar",
+        "bad-header-checksum",
+    ],
 )
 def test_corrupt_blobs_are_archive_errors(blob: bytes, tmp_path: Path) -> None:
     with pytest.raises(ArchiveError):

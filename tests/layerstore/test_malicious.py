@@ -240,7 +240,7 @@ def test_refused(case: Case, gz: bool, arena: tuple[Path, Path], tmp_path: Path)
     with pytest.raises(UnsafePathError) as info:
         _apply_case(case, root, outside, gz=gz)
     named = case.entry or case.members[-1].name
-    assert info.value.entry == _sub(named, outside)
+    assert info.value.entry.rstrip("/") == _sub(named, outside)  # as written in the tar
     assert str(info.value).startswith("unsafe path ")
     assert _snapshot(tmp_path, root) == before
     assert (outside / "sentinel").read_text() == "untouched"
