@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import fcntl
+import json
 import os
 import re
 import time
@@ -55,6 +56,13 @@ _SCHEMA = (
         tagged REAL NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS tags_by_digest ON tags(digest)",
+    # The digest of the index.json this store last wrote: a different file on disk means
+    # another tool (skopeo copy into the store, umoci tag) changed it, and its new entries
+    # are adopted.
+    """CREATE TABLE IF NOT EXISTS layout_state (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS blob_sources (
         digest     TEXT NOT NULL,
         registry   TEXT NOT NULL,
@@ -409,6 +417,80 @@ class ImageStore:
             {"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX, "manifests": entries}
         )
 
+    def _record_written(self, data: bytes) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO layout_state(key, value) VALUES ('index_digest', ?)",
+                (str(Digest.of(data)),),
+            )
+
+    def adopt_external(self) -> builtins.list[str]:
+        """Take in images another tool added to ``index.json``; returns the adopted names.
+
+        The database stays the source of truth: names another tool *removed* come back at
+        the next rewrite. Entries whose documents are not stored are ignored.
+        """
+        path = self.root / "index.json"
+        try:
+            on_disk = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        row = (
+            self.db.connection()
+            .execute("SELECT value FROM layout_state WHERE key = 'index_digest'")
+            .fetchone()
+        )
+        if row is not None and row[0] == str(Digest.of(on_disk)):
+            return []
+        adopted: builtins.list[str] = []
+        with self.index_lock():
+            # Checked again under the lock: a file this store wrote is never adopted from,
+            # or a name another pybuild process just removed would come back.
+            try:
+                on_disk = path.read_bytes()
+            except FileNotFoundError:
+                return []
+            row = (
+                self.db.connection()
+                .execute("SELECT value FROM layout_state WHERE key = 'index_digest'")
+                .fetchone()
+            )
+            if row is not None and row[0] == str(Digest.of(on_disk)):
+                return []
+            try:
+                entries = json.loads(on_disk).get("manifests") or []
+            except (ValueError, AttributeError):
+                entries = []
+            known = self._names_table()
+            for obj in entries if isinstance(entries, list) else []:
+                try:
+                    desc = Descriptor.from_json(obj)
+                except (InvalidManifest, ValueError):
+                    continue
+                if not self.blobs.has(desc.digest):
+                    continue
+                name = desc.annotation(REF_NAME)
+                try:
+                    media_type, image_id, size, created = self._summarise(desc)
+                except StoreError:
+                    continue
+                doc_size = self.blobs.size(desc.digest)
+                now = time.time()
+                with self.db.transaction() as conn:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO images(digest, media_type, doc_size, image_id,"
+                        " size, created, added) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (str(desc.digest), media_type, doc_size, str(image_id), size, created, now),
+                    )
+                    if name and _REF_NAME_RE.match(name) and known.get(name) != str(desc.digest):
+                        conn.execute(
+                            "INSERT OR REPLACE INTO tags(name, digest, tagged) VALUES (?, ?, ?)",
+                            (name, str(desc.digest), now),
+                        )
+                        adopted.append(name)
+            self._write_index_locked()
+        return adopted
+
     def sync_index(self) -> None:
         """Rewrite ``index.json`` from the database, atomically, under the index lock.
 
@@ -416,17 +498,20 @@ class ImageStore:
         writers serialise and the last one to write has seen every earlier change.
         """
         with self.index_lock():
-            # Only the lock holder writes temp files, so any found now are a killed writer's.
-            for debris in self.root.glob(".index.json.*.tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    debris.unlink()
-            data = self.index_document()
-            path = self.root / "index.json"
-            try:
-                if path.read_bytes() == data:
-                    return
-            except FileNotFoundError:
-                pass
+            self._write_index_locked()
+
+    def _write_index_locked(self) -> None:
+        # Only the lock holder writes temp files, so any found now are a killed writer's.
+        for debris in self.root.glob(".index.json.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                debris.unlink()
+        data = self.index_document()
+        path = self.root / "index.json"
+        try:
+            unchanged = path.read_bytes() == data
+        except FileNotFoundError:
+            unchanged = False
+        if not unchanged:
             tmp = self.root / f".index.json.{os.getpid()}.tmp"
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -434,3 +519,4 @@ class ImageStore:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             fsync_dir(self.root)
+        self._record_written(data)

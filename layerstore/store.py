@@ -90,6 +90,8 @@ class Store:
         self.cache_pruners: list[Callable[[], int]] = []
         # Temp files of writers killed earlier; live writers hold their locks and are skipped.
         self.blobs.clean_ingest()
+        # Images another tool wrote into the layout (skopeo copy … oci:<store>:<name>).
+        self.images.adopt_external()
 
     @classmethod
     def open(cls, root: Path | None = None) -> Store:

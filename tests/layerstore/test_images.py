@@ -488,3 +488,20 @@ def test_cli_prune_keeps_build_cache_blobs_until_all(store_root: Path) -> None:
     assert not store.blobs.has(m.layers[0].digest)
     assert len(CacheIndex(store)) == 0
     store.close()
+
+
+def test_entries_another_tool_adds_to_index_json_are_adopted(store: Store) -> None:
+    m = make_image(store, {"a": b"1"})
+    store.images.tag("localhost/ours:1", m.descriptor())
+    index = json.loads((store.root / "index.json").read_bytes())
+    index["manifests"].append(m.descriptor(annotations={REF_NAME: "localhost/theirs:1"}).to_json())
+    index["manifests"].append(  # an entry whose document is not stored is ignored
+        Descriptor(
+            MediaType.OCI_MANIFEST, Digest.of(b"x"), 1, annotations=((REF_NAME, "x:1"),)
+        ).to_json()
+    )
+    (store.root / "index.json").write_text(json.dumps(index, indent=1))
+    assert store.images.adopt_external() == ["localhost/theirs:1"]
+    assert store.images.names() == ["localhost/ours:1", "localhost/theirs:1"]
+    assert store.check() == []
+    assert store.images.adopt_external() == []  # nothing new once rewritten

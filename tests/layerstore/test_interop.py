@@ -238,3 +238,30 @@ def test_umoci_and_skopeo_read_a_saved_layout_dir(
     args = [umoci, "unpack"] + ([] if os.geteuid() == 0 else ["--rootless"])
     _run(*args, "--image", f"{layout}:{NAMES[1]}", str(bundle))
     assert (bundle / "rootfs" / "etc" / "hello").read_bytes() == b"hello\n"
+
+
+def test_skopeo_copy_into_the_store_is_adopted(
+    image_store: tuple[Store, Manifest, ImageConfig], tmp_path: Path
+) -> None:
+    skopeo = _need("skopeo")
+    store, m, _ = image_store
+    other = Store.open(tmp_path / "other")
+    loaded = load_path(other, store.root)  # a second store with the same image
+    assert loaded
+    _run(
+        skopeo,
+        "copy",
+        f"oci:{other.root}:{NAMES[0]}",
+        f"oci:{store.root}:docker.io/library/copied:by-skopeo",
+    )
+    reopened = Store.open(store.root)
+    assert reopened.images.resolve("docker.io/library/copied:by-skopeo").digest == m.digest
+    assert reopened.check() == []
+    # Our later rewrites keep it.
+    reopened.images.untag(NAMES[2])
+    index = json.loads((store.root / "index.json").read_bytes())
+    refs = {e["annotations"]["org.opencontainers.image.ref.name"] for e in index["manifests"]}
+    assert "docker.io/library/copied:by-skopeo" in refs
+    assert NAMES[2] not in refs
+    reopened.close()
+    other.close()
