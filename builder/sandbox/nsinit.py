@@ -4,10 +4,11 @@ It runs in a fresh ``python -I -S`` helper process that ``builder.sandbox.runner
 (never a ``fork`` of pybuild itself: pybuild has threads, and a forked copy of a threaded
 interpreter can deadlock on a lock some other thread held). Three processes are involved:
 
-* the **supervisor** (the helper): ``PR_SET_PDEATHSIG`` so it dies with pybuild, then
-  ``unshare`` of the mount, PID, IPC, UTS (and, for ``--network=none``, network) namespaces,
-  then ``fork``;
-* **init**, PID 1 of the new PID namespace: mounts the overlay root (image layers as
+* the **supervisor** (the helper): ``PR_SET_PDEATHSIG`` so it learns when pybuild dies
+  (it then kills init and removes the step's private directory), then (rootless) a user
+  namespace and a PID namespace, then ``fork``;
+* **init**, PID 1 of the new PID namespace: unshares the mount, IPC, UTS (and, for
+  ``--network=none``, network) namespaces, mounts the overlay root (image layers as
   ``lowerdir``, the step's fresh ``upperdir``), ``/proc``, a minimal ``/dev``, a read-only
   ``/sys``, the generated ``/etc/hosts``/``resolv.conf``/``hostname``, ``RUN --mount`` binds
   and tmpfs; ``pivot_root``; then forks the step and reaps zombies until the step exits.
@@ -33,10 +34,12 @@ Standard library only (plus the stdlib-only sibling modules): see ``runner.BOOTS
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import select
+import shutil
 import signal
 import stat
 import sys
@@ -130,11 +133,23 @@ def main(argv: list[str]) -> NoReturn:
     os._exit(1)
 
 
-def _die_with_parent(expected_parent: int) -> None:
-    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    # The parent may have died before prctl took effect: then we were re-parented already.
-    if os.getppid() != expected_parent:
-        os._exit(1)
+class _ParentWatch:
+    """SIGTERM when pybuild dies (``PR_SET_PDEATHSIG``): stop init, then clean up after it."""
+
+    def __init__(self, expected_parent: int) -> None:
+        self.parent_gone = False
+        self.init_pid = 0
+        signal.signal(signal.SIGTERM, self._on_term)
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGTERM)
+        # The parent may have died before prctl took effect: then we were re-parented already.
+        if os.getppid() != expected_parent:
+            os._exit(1)
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.parent_gone = True
+        if self.init_pid:
+            with contextlib.suppress(OSError):
+                os.kill(self.init_pid, signal.SIGKILL)
 
 
 def _enter_user_namespace(spec: dict[str, Any]) -> None:
@@ -194,21 +209,22 @@ def _enter_user_namespace(spec: dict[str, Any]) -> None:
 
 
 def _supervise(spec: dict[str, Any], status: _Status) -> NoReturn:
-    _die_with_parent(int(spec["parent_pid"]))
+    watch = _ParentWatch(int(spec["parent_pid"]))
     if spec.get("userns"):
         _enter_user_namespace(spec)
-    flags = libc.CLONE_NEWNS | libc.CLONE_NEWPID | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS
-    if spec["network"] == "none":
-        flags |= libc.CLONE_NEWNET
+    # Only the PID namespace here: init unshares the others itself, so that this process
+    # stays in the host's mount namespace (init's pivot_root would otherwise move our root
+    # too) and can remove the private directory when pybuild is gone.
     try:
-        libc.unshare(flags)
+        libc.unshare(libc.CLONE_NEWPID)
     except OSError as exc:
         raise SetupError(
-            f"cannot create the step's namespaces: {exc.strerror}", "unavailable"
+            f"cannot create the step's PID namespace: {exc.strerror}", "unavailable"
         ) from exc
     lifeline_r, lifeline_w = os.pipe()
     pid = os.fork()
     if pid == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.close(lifeline_w)
         try:
             _init(spec, status, lifeline_r)
@@ -217,7 +233,10 @@ def _supervise(spec: dict[str, Any], status: _Status) -> NoReturn:
         except BaseException as exc:
             status.send(error=f"sandbox init failed: {type(exc).__name__}: {exc}", kind="setup")
         os._exit(1)
+    watch.init_pid = pid
     os.close(lifeline_r)
+    if watch.parent_gone:
+        os.kill(pid, signal.SIGKILL)
     while True:
         try:
             _, wait_status = os.waitpid(pid, 0)
@@ -225,6 +244,11 @@ def _supervise(spec: dict[str, Any], status: _Status) -> NoReturn:
         except InterruptedError:
             continue
     status.send(init_status=wait_status)
+    if watch.parent_gone or os.getppid() != int(spec["parent_pid"]):
+        # Nobody else is left to remove the step's private directory (spec, scaffold, …).
+        private = spec["private_dir"]
+        if not os.path.ismount(os.path.join(private, "root")):
+            shutil.rmtree(private, ignore_errors=True)
     os._exit(0)
 
 
@@ -242,6 +266,15 @@ def _init(spec: dict[str, Any], status: _Status, lifeline: int) -> NoReturn:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     os.umask(0o022)
+    flags = libc.CLONE_NEWNS | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS
+    if spec["network"] == "none":
+        flags |= libc.CLONE_NEWNET
+    try:
+        libc.unshare(flags)
+    except OSError as exc:
+        raise SetupError(
+            f"cannot create the step's namespaces: {exc.strerror}", "unavailable"
+        ) from exc
     root = spec["rootdir"]
     created: list[str] = []
     _mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE, what="make the mount tree private")

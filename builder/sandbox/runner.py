@@ -338,6 +338,7 @@ def run_in_sandbox(
             "lowerdirs": [str(Path(p).resolve()) for p in config.lowerdirs],
             "upperdir": str(Path(config.upperdir).resolve()),
             "workdir": str(Path(config.workdir).resolve()),
+            "private_dir": str(private),
             "rootdir": str(private / "root"),
             "scaffold": str(scaffold),
             "hostname": config.hostname,

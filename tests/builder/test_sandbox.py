@@ -612,6 +612,7 @@ def test_killed_pybuild_leaves_no_step_running(
     upper, work = layer_dirs
     marker = f"419.{int(signum)}"
     before = Path("/proc/self/mountinfo").read_text()
+    private_before = set(Path(tempfile.gettempdir()).glob("pybuild-run-*"))
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT_SCRIPT, str(rootfs), str(upper), str(work), marker],
         stdout=subprocess.PIPE,
@@ -630,6 +631,10 @@ def test_killed_pybuild_leaves_no_step_running(
             parent.kill()
             parent.wait()
     assert Path("/proc/self/mountinfo").read_text() == before
+    # The helper removes the step's private directory when pybuild could not.
+    assert _wait_until(
+        lambda: set(Path(tempfile.gettempdir()).glob("pybuild-run-*")) <= private_before
+    )
 
 
 @pytest.mark.parametrize(
