@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import layerstore.errors as errors
 from layerstore.canonicaljson import canonical_json
@@ -396,3 +398,96 @@ def test_format_created_round_trip() -> None:
     when = parse_created("2023-11-01T12:34:56.5Z")
     assert when is not None
     assert format_created(when) == "2023-11-01T12:34:56.5Z"
+
+
+# -- properties: whatever we build encodes canonically and round-trips byte for byte -------
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_digests = st.binary(max_size=8).map(Digest.of)
+_str_lists = st.lists(_text, max_size=4).map(tuple)
+
+
+@st.composite
+def container_configs(draw: st.DrawFn) -> ContainerConfig:
+    return ContainerConfig(
+        user=draw(_text),
+        exposed_ports=tuple(sorted(draw(st.sets(st.sampled_from(["80/tcp", "53/udp", "443"]))))),
+        env=tuple(f"{k}={v}" for k, v in draw(st.lists(st.tuples(_text, _text), max_size=3))),
+        entrypoint=draw(st.none() | _str_lists),
+        cmd=draw(st.none() | _str_lists),
+        volumes=tuple(sorted(draw(st.sets(_text.map(lambda t: "/" + t), max_size=2)))),
+        working_dir=draw(_text),
+        labels=tuple(sorted(draw(st.dictionaries(_text, _text, max_size=3)).items())),
+        stop_signal=draw(st.sampled_from(["", "SIGTERM", "SIGQUIT"])),
+        shell=draw(st.none() | _str_lists),
+        healthcheck=draw(
+            st.none()
+            | st.builds(
+                Healthcheck,
+                test=_str_lists,
+                interval=st.integers(0, 10**12),
+                retries=st.integers(0, 10),
+            )
+        ),
+        on_build=draw(_str_lists),
+        args_escaped=draw(st.booleans()),
+    )
+
+
+@st.composite
+def image_configs(draw: st.DrawFn) -> ImageConfig:
+    cfg = ImageConfig(
+        architecture=draw(st.sampled_from(["amd64", "arm64", "s390x"])),
+        os="linux",
+        variant=draw(st.none() | st.just("v8")),
+        created=draw(st.none() | st.just("2024-01-01T00:00:00Z")),
+        author=draw(st.none() | _text),
+        config=draw(container_configs()),
+    )
+    for diff_id in draw(st.lists(_digests, max_size=3)):
+        cfg = cfg.with_layer(diff_id, created_by=draw(_text), comment=draw(st.none() | _text))
+        if draw(st.booleans()):
+            cfg = cfg.with_history(created_by=draw(_text))
+    return cfg
+
+
+@settings(max_examples=150, deadline=None)
+@given(image_configs())
+def test_built_configs_round_trip_byte_for_byte(cfg: ImageConfig) -> None:
+    raw = cfg.to_bytes()
+    assert raw == canonical_json(json.loads(raw))
+    again = ImageConfig.from_bytes(raw)
+    assert again == cfg
+    assert again.to_bytes() == raw
+    assert again.evolve().to_bytes() == raw
+    assert again.digest == cfg.digest
+
+
+_descriptors = st.builds(
+    Descriptor,
+    media_type=st.sampled_from(sorted(MediaType.LAYERS)),
+    digest=_digests,
+    size=st.integers(0, 2**40),
+    annotations=st.dictionaries(_text, _text, max_size=2).map(lambda d: tuple(sorted(d.items()))),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(_descriptors, max_size=5),
+    st.dictionaries(_text, _text, max_size=3),
+    st.sampled_from(sorted(MediaType.MANIFESTS)),
+)
+def test_built_manifests_round_trip_byte_for_byte(
+    layers: list[Descriptor], annotations: dict[str, str], media_type: str
+) -> None:
+    config = Descriptor(MediaType.OCI_CONFIG, D1, 100)
+    m = Manifest.build(config=config, layers=layers, annotations=annotations, media_type=media_type)
+    raw = m.to_bytes()
+    assert raw == canonical_json(json.loads(raw))
+    parsed = parse_document(raw)
+    assert parsed == m
+    assert isinstance(parsed, Manifest) and parsed.evolve().to_bytes() == raw
+    idx = Index.build(manifests=[m.descriptor(Platform("linux", "amd64"))])
+    assert Index.from_bytes(idx.to_bytes()) == idx
