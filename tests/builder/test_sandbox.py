@@ -518,6 +518,28 @@ def test_binds_are_read_only_unless_asked(run: Runner, tmp_path: Path) -> None:
     assert (rw / "x").read_text() == "hi\n"
 
 
+@pytest.mark.root
+def test_parallel_steps_from_threads(sandbox_ready: None, rootfs: Path, tmp_path: Path) -> None:
+    # The executor runs stages in parallel threads: each step gets its own sandbox.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def step(index: int) -> tuple[RunResult, dict[str, str]]:
+        upper, work = tmp_path / f"upper{index}", tmp_path / f"work{index}"
+        upper.mkdir()
+        work.mkdir()
+        config = SandboxConfig(
+            lowerdirs=[rootfs], upperdir=upper, workdir=work, hostname=f"h{index}"
+        )
+        result = run_in_sandbox(config, ["/bin/sh", "-c", "hostname; hostname > /mine"], env={})
+        return result, _upper_tree(upper)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(step, range(8)))
+    for index, (result, tree) in enumerate(outcomes):
+        assert (result.exit_code, result.output_tail) == (0, (f"h{index}",))
+        assert tree == {"mine": f"file h{index}\n"}
+
+
 # ---------------------------------------------------------------------------- stopping a step
 
 
