@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from layerstore.blobs import BlobStore
 from layerstore.descriptor import Descriptor, MediaType
 from layerstore.digest import Digest
-from layerstore.errors import BlobNotFound
-from layerstore.manifest import Index, Manifest
+from layerstore.errors import BlobNotFound, InvalidManifest
+from layerstore.manifest import Index, Manifest, parse_document
 from layerstore.store import Store
 from registry.client import Client
 from registry.errors import RegistryError
@@ -35,25 +36,29 @@ class PushResult:
     mounted: int = 0
     existing: int = 0
     bytes: int = 0
+    sent: list[Digest] = field(default_factory=list)  # every digest now in the repository
 
 
 def _collect(
-    store: Store, desc: Descriptor
+    blobs: BlobStore, desc: Descriptor
 ) -> tuple[list[tuple[Descriptor, bytes]], list[Manifest]]:
-    """(documents children-first, image manifests) reachable from ``desc`` in the store."""
-    doc = store.read_document(desc.digest, desc.media_type or None)
+    """(documents children-first, image manifests) reachable from ``desc`` in ``blobs``."""
+    try:
+        doc = parse_document(blobs.read_bytes(desc.digest), desc.media_type or None)
+    except InvalidManifest as e:
+        raise InvalidManifest(f"document {desc.digest}: {e}") from None
     if isinstance(doc, Manifest):
         return [(doc_descriptor(doc, desc), doc.to_bytes())], [doc]
     documents: list[tuple[Descriptor, bytes]] = []
     manifests: list[Manifest] = []
     for child in doc.manifests:
-        if not store.blobs.has(child.digest):
+        if not blobs.has(child.digest):
             raise RegistryError(
                 f"cannot push index {desc.digest.short}: its manifest {child.digest.short} "
                 f"({child.platform or 'no platform'}) is not in the local store (pull with "
                 "--all-platforms first)"
             )
-        sub_docs, sub_manifests = _collect(store, child)
+        sub_docs, sub_manifests = _collect(blobs, child)
         documents.extend(sub_docs)
         manifests.extend(sub_manifests)
     documents.append((doc_descriptor(doc, desc), doc.to_bytes()))
@@ -83,21 +88,50 @@ def push(
     progress: ProgressSink | None = None,
 ) -> PushResult:
     """Push the local image named ``source`` to ``dest``; returns the pushed digest."""
+    desc = store.images.resolve(source)
+
+    def sources(digest: Digest) -> tuple[str, ...]:
+        return mount_sources(store, digest, dest)
+
+    result = push_blobs(
+        store.blobs, desc, dest, client=client, jobs=jobs, progress=progress, sources=sources
+    )
+    for digest in result.sent:
+        store.images.add_blob_source(digest, dest.registry, dest.repository)
+    return result
+
+
+def push_blobs(
+    blobs: BlobStore,
+    desc: Descriptor,
+    dest: Reference,
+    *,
+    client: Client | None = None,
+    jobs: int = DEFAULT_JOBS,
+    progress: ProgressSink | None = None,
+    sources: Callable[[Digest], tuple[str, ...]] | None = None,
+) -> PushResult:
+    """Push the image ``desc`` names from any blob directory (a store or an OCI layout)."""
     sink = progress or ProgressSink()
     own = client is None
     cl = client or Client.for_reference(dest)
     try:
-        return _push(cl, source, dest, store, jobs, sink)
+        return _push(cl, blobs, desc, dest, jobs, sink, sources or (lambda d: ()))
     finally:
         if own:
             cl.close()
 
 
 def _push(
-    client: Client, source: str, dest: Reference, store: Store, jobs: int, sink: ProgressSink
+    client: Client,
+    store_blobs: BlobStore,
+    desc: Descriptor,
+    dest: Reference,
+    jobs: int,
+    sink: ProgressSink,
+    sources: Callable[[Digest], tuple[str, ...]],
 ) -> PushResult:
-    desc = store.images.resolve(source)
-    documents, manifests = _collect(store, desc)
+    documents, manifests = _collect(store_blobs, desc)
     top_desc = documents[-1][0]
     result = PushResult(dest, top_desc.digest, top_desc)
     blobs: dict[Digest, Descriptor] = {}
@@ -107,14 +141,14 @@ def _push(
                 continue  # non-distributable: stays where its urls point
             blobs.setdefault(d.digest, d)
     for digest in blobs:
-        if not store.blobs.has(digest):
-            raise BlobNotFound(f"cannot push {source}: blob {digest} is not in the local store")
+        if not store_blobs.has(digest):
+            raise BlobNotFound(f"cannot push {desc.digest}: blob {digest} is not stored locally")
 
     tasks: list[tuple[str, Callable[[], object]]] = []
     lock = threading.Lock()
     for digest in blobs:
         key = str(digest)
-        size = store.blobs.size(digest)
+        size = store_blobs.size(digest)
         advance = sink.task(key, digest.short, size)
 
         def upload(
@@ -127,8 +161,8 @@ def _push(
                 dest,
                 digest,
                 size,
-                lambda: store.blobs.open(digest),
-                mount_from=mount_sources(store, digest, dest),
+                lambda: store_blobs.open(digest),
+                mount_from=sources(digest),
                 progress=advance,
             )
             with lock:
@@ -151,7 +185,6 @@ def _push(
         if last and dest.tag is None and dest.digest is None:
             target = dest.with_tag("latest")
         client.put_manifest(target, raw, d.media_type)
-    for digest in (*blobs, *(d.digest for d, _ in documents)):
-        store.images.add_blob_source(digest, dest.registry, dest.repository)
+    result.sent = [*blobs, *(d.digest for d, _ in documents)]
     sink.note(f"{dest.familiar()}: pushed {top_desc.digest}")
     return result

@@ -217,50 +217,28 @@ def copy(
     jobs: int,
     insecure: tuple[str, ...],
 ) -> None:
-    """Copy an image between registries (docker://REF or REF)."""
-    from registry.copy import copy_image
+    """Copy an image: registries (docker://REF or REF), oci:DIR[:NAME],
+    oci-archive:FILE[:NAME], docker-archive:FILE[:NAME]."""
+    from registry.locations import copy_between, parse_location
+    from registry.transport import TransportOptions
 
-    for text in (source, destination):
-        if text.startswith(("oci:", "docker-archive:", "oci-archive:")):
-            raise click.UsageError(
-                f"{text}: archive and OCI layout transports are not supported by copy yet; "
-                "use pybuild pull/push with pybuild save/load"
-            )
-    src = _parse_ref(source.removeprefix("docker://"))
-    dst = _parse_ref(destination.removeprefix("docker://"))
+    src, dst = parse_location(source), parse_location(destination)
     sink = _sink(progress, quiet)
     try:
-        with _client(src, insecure) as src_client:
-            if dst.registry == src.registry:
-                result = copy_image(
-                    src,
-                    dst,
-                    src_client=src_client,
-                    dst_client=src_client,
-                    platform=_platform(platform),
-                    jobs=jobs,
-                    progress=sink,
-                )
-            else:
-                with _client(dst, insecure) as dst_client:
-                    result = copy_image(
-                        src,
-                        dst,
-                        src_client=src_client,
-                        dst_client=dst_client,
-                        platform=_platform(platform),
-                        jobs=jobs,
-                        progress=sink,
-                    )
+        outcome = copy_between(
+            src,
+            dst,
+            options=TransportOptions.from_env(insecure),
+            platform=_platform(platform),
+            jobs=jobs,
+            progress=sink,
+        )
     finally:
         sink.close()
     if quiet:
-        click.echo(str(result.digest))
+        click.echo(str(outcome.digest))
     else:
-        click.echo(
-            f"{dst}: copied {result.digest} ({result.copied} copied, {result.mounted} mounted, "
-            f"{result.existing} already there)"
-        )
+        click.echo(f"{dst}: copied {outcome.digest} ({outcome.detail})")
 
 
 @click.command()

@@ -49,3 +49,31 @@ def test_push_then_pull_round_trip(server: RegistryServer, client_env: Path) -> 
         assert dst.blobs.read_bytes(Digest.of(blob)) == blob
     with Client.for_reference(dest) as client:
         assert "v1" in client.list_tags(dest)
+
+
+@pytest.mark.parametrize(
+    ("kind", "same_digest"),
+    [("oci", True), ("oci-archive", True), ("docker-archive", False)],
+)
+def test_copy_through_layouts_and_archives(
+    kind: str, same_digest: bool, plain_registry: RegistryServer, client_env: Path
+) -> None:
+    from registry.locations import copy_between, parse_location
+
+    store = Store.open(client_env / "src")
+    image = build_image(store, "local/arch:1", layers=[{"k": kind.encode() * 700}])
+    first = Reference.parse(plain_registry.ref(f"copy/{kind}:1"))
+    push("local/arch:1", first, store)
+    target = client_env / ("layout" if kind == "oci" else f"image-{kind}.tar")
+    out = copy_between(parse_location(str(first)), parse_location(f"{kind}:{target}:app:1"))
+    assert out.digest == image.digest
+    back = Reference.parse(plain_registry.ref(f"copy/{kind}-back:1"))
+    again = copy_between(parse_location(f"{kind}:{target}:app:1"), parse_location(str(back)))
+    assert (again.digest == image.digest) is same_digest
+    with Client.for_reference(back) as client:
+        manifest = client.get_manifest(back)
+    check = Store.open(client_env / "check")
+    pulled = pull(back, check)
+    assert pulled.digest == manifest.digest
+    doc = check.read_document(pulled.descriptor.digest)
+    assert check.blobs.read_bytes(doc.config.digest) == image.config  # type: ignore[union-attr]
