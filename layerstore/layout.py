@@ -615,12 +615,21 @@ def _from_docker(
         raise ArchiveError(f"{where}: manifest.json must be a list")
     # Docker ≥ 25 archives also carry the OCI manifest of each image: reuse it (and its
     # digest) when it describes exactly the same config and layers.
+    # Docker with the containerd store nests an index per image: walk it.
     by_config: dict[Digest, Manifest] = {}
-    for cand in _oci_candidates(store, found.small.get("index.json"), where):
+    stack = _oci_candidates(store, found.small.get("index.json"), where)
+    seen: set[Digest] = set()
+    while stack:
+        cand = stack.pop(0)
+        if cand.digest in seen or not store.blobs.has(cand.digest):
+            continue
+        seen.add(cand.digest)
         with contextlib.suppress(StoreError):
             doc = store.read_document(cand.digest, cand.media_type)
             if isinstance(doc, Manifest):
                 by_config.setdefault(doc.config.digest, doc)
+            else:
+                stack.extend(doc.image_manifests())
     out: list[LoadedImage] = []
     for i, entry in enumerate(entries):
         here = f"{where}: manifest.json entry {i}"

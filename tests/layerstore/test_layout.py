@@ -502,3 +502,40 @@ def test_index_json_debris_of_a_killed_writer_is_removed(store: Store) -> None:
     store.images.tag("docker.io/library/a:1", m.descriptor())
     assert not debris.exists()
     assert store.check() == []
+
+
+def test_docker_archive_with_nested_index_keeps_the_original_manifest(
+    store: Store, dest: Store, tmp_path: Path
+) -> None:
+    """Docker with the containerd image store: index.json → image index → manifest, gzip
+    layers stored as they are, plus manifest.json for the classic loader."""
+    # Annotated, so a manifest rebuilt from manifest.json would have another digest.
+    m = make_image(store, [{"a": b"1"}, {"b": b"2"}], compression="gzip").evolve(
+        annotations={"org.opencontainers.image.created": "2024-01-01T00:00:00Z"}
+    )
+    idx = Index.build(manifests=[m.descriptor(Platform("linux", "amd64"))])
+    files: dict[str, bytes] = {}
+    for d in (m.config, *m.layers):
+        files[f"blobs/sha256/{d.digest.hex}"] = store.blobs.read_bytes(d.digest)
+    files[f"blobs/sha256/{m.digest.hex}"] = m.to_bytes()
+    files[f"blobs/sha256/{idx.digest.hex}"] = idx.to_bytes()
+    files["index.json"] = Index.build(
+        manifests=[
+            idx.descriptor(annotations={"io.containerd.image.name": "docker.io/library/app:ctr"})
+        ]
+    ).to_bytes()
+    files["oci-layout"] = b'{"imageLayoutVersion":"1.0.0"}'
+    files["manifest.json"] = json.dumps(
+        [
+            {
+                "Config": f"blobs/sha256/{m.config.digest.hex}",
+                "RepoTags": ["app:ctr"],
+                "Layers": [f"blobs/sha256/{d.digest.hex}" for d in m.layers],
+            }
+        ]
+    ).encode()
+    loaded = load_archive(dest, _tar_of(files), normalize=lambda n: f"docker.io/library/{n}")
+    assert [(i.name, i.descriptor.digest) for i in loaded] == [
+        ("docker.io/library/app:ctr", m.digest)
+    ]
+    assert dest.check() == []
