@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import gzip
 import io
 import itertools
@@ -60,8 +61,6 @@ OPAQUE_MARKER = ".wh..wh..opq"
 # aufs metadata entries (hard-link directory, "plnk") that Docker also ignores
 _AUFS_META_PREFIX = ".wh..wh."
 
-Compression = Literal["gzip", "zstd", "none"]
-MediaTypeFamily = Literal["oci", "docker"]
 
 _MEDIA_TYPES: dict[tuple[str, str], str] = {
     ("oci", "gzip"): MediaType.OCI_LAYER_GZIP,
@@ -612,6 +611,20 @@ def _read_xattrs(path: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
+def _is_xwhiteout(path: bytes) -> bool:
+    """An overlayfs 6.7+ "xwhiteout": an empty file carrying the overlay whiteout xattr."""
+    for name in _XWHITEOUT_XATTRS:
+        try:
+            os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+        return True
+    return False
+
+
+_XWHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
+
+
 def _sort_key(name: bytes) -> tuple[bytes, ...]:
     # walk order: components compared byte-wise, a directory right before its children
     return tuple(name.rstrip(b"/").split(b"/"))
@@ -708,7 +721,10 @@ def _walk_directory(
         rel = prefix + name
         st = os.lstat(path)
         fmt = stat.S_IFMT(st.st_mode)
-        if overlay and fmt == stat.S_IFCHR and st.st_rdev == 0:
+        if overlay and (
+            (fmt == stat.S_IFCHR and st.st_rdev == 0)
+            or (fmt == stat.S_IFREG and st.st_size == 0 and _is_xwhiteout(path))
+        ):
             add(factory.marker(prefix + WHITEOUT_PREFIX.encode() + name, st.st_mtime_ns // 10**9))
             continue
         raw_xattrs = _read_xattrs(path)
@@ -750,6 +766,17 @@ def _entries_to_tar(entries: Iterable[LayerEntry], factory: _EntryFactory) -> li
     for a, b in itertools.pairwise(keyed):
         if a[0] == b[0]:
             raise ValueError(f"layer entry {b[1].path!r} appears twice")
+    # an explicit hard link must name a regular file that comes earlier in the tar
+    position = {k[2]: i for i, k in enumerate(keyed)}
+    for i, (_, ent, _) in enumerate(keyed):
+        if ent.kind == "hardlink" and ent.link_target:
+            target = os.fsencode(clean_member_name(ent.link_target))
+            j = position.get(target)
+            if j is None or j > i or keyed[j][1].kind not in (None, "file"):
+                raise ValueError(
+                    f"layer entry {ent.path!r}: hard link target {ent.link_target!r} must be a "
+                    "file of this layer that sorts before the link"
+                )
     return [_entry_to_tar(ent, name, factory) for _, ent, name in keyed]
 
 
@@ -1416,7 +1443,16 @@ class _Apply:
 
     def _owner(self, m: TarMember, fn: Callable[[int, int], None]) -> None:
         if self.r.same_owner:
-            fn(m.uid, m.gid)
+            try:
+                fn(m.uid, m.gid)
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EPERM):
+                    raise
+                # an id outside a user namespace's mapping: keep going, as rootless
+                # Docker and Podman do, but say so
+                self.warn(
+                    "chown", f"entry {m.name!r}: cannot chown to {m.uid}:{m.gid}: {e.strerror}"
+                )
 
     @staticmethod
     def _ns(m: TarMember) -> int:
@@ -1477,7 +1513,12 @@ class _Apply:
                 return False
             self._clear(pfd, base)
             kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
-            os.mknod(base, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
+            try:
+                os.mknod(base, kind | 0o600, os.makedev(m.devmajor, m.devminor), dir_fd=pfd)
+            except PermissionError:  # root in a user namespace: no CAP_MKNOD
+                self.stats.skipped_devices += 1
+                self.warn("device", f"entry {m.name!r}: device node skipped (mknod not permitted)")
+                return False
         self._owner(m, lambda u, g: os.chown(base, u, g, dir_fd=pfd, follow_symlinks=False))
         proc = self.root.proc_path(pfd, base)
         self._xattrs(m, lambda k, v: os.setxattr(proc, k, v, follow_symlinks=False))

@@ -11,6 +11,7 @@ import random
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -416,14 +417,56 @@ def test_entries_layer(tmp_path: Path, blobs: BlobStore) -> None:
             ValueError,
             "does not match",
         ),
+        (
+            [LayerEntry("a", kind="hardlink", link_target="b"), LayerEntry("b", content=b"")],
+            ValueError,
+            "sorts before",
+        ),
+        ([LayerEntry("b", kind="hardlink", link_target="a")], ValueError, "sorts before"),
+        (
+            [LayerEntry("d", kind="dir"), LayerEntry("e", kind="hardlink", link_target="d")],
+            ValueError,
+            "sorts before",
+        ),
     ],
-    ids=["duplicate", "dotdot", "root", "symlink-without-target", "kind-mismatch"],
+    ids=[
+        "duplicate",
+        "dotdot",
+        "root",
+        "symlink-without-target",
+        "kind-mismatch",
+        "hardlink-before-target",
+        "hardlink-to-missing",
+        "hardlink-to-dir",
+    ],
 )
 def test_bad_entries(
     entries: list[LayerEntry], error: type[Exception], match: str, blobs: BlobStore
 ) -> None:
     with pytest.raises(error, match=match):
         write_layer_from_entries(entries, blobs)
+
+
+def test_explicit_hardlink_entry(tmp_path: Path, blobs: BlobStore) -> None:
+    entries = [LayerEntry("b", kind="hardlink", link_target="/a"), LayerEntry("a", content=b"data")]
+    layer = write_layer_from_entries(entries, blobs, compression="none")
+    assert [(m.name, m.type, m.linkname) for m in _members(blobs, layer)] == [
+        ("a", tarfile.REGTYPE, ""),
+        ("b", tarfile.LNKTYPE, "a"),
+    ]
+    apply_layer(blobs.path(layer.digest), tmp_path / "out")
+    assert os.path.samefile(tmp_path / "out" / "a", tmp_path / "out" / "b")
+
+
+@needs_root
+def test_xwhiteout_in_upperdir(tmp_path: Path, blobs: BlobStore) -> None:
+    """overlayfs 6.7+ may mark a whiteout as an empty file with trusted.overlay.whiteout."""
+    src = tmp_path / "upper"
+    build_tree(src, [["file", "gone", "", "0644"], ["file", "empty", "", "0644"]])
+    os.setxattr(src / "gone", "trusted.overlay.whiteout", b"")
+    layer = write_layer(src, blobs, compression="none")
+    # a whiteout sits where the deleted path sorts, as in containerd's change walk
+    assert [m.name for m in _members(blobs, layer)] == ["empty", ".wh.gone"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -630,6 +673,39 @@ def test_unprivileged_apply_skips_devices_and_ownership(tmp_path: Path, blobs: B
     st = os.stat(out / "f")
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (65534, 0o4755)
     assert stat.S_ISFIFO(os.lstat(out / "p").st_mode)
+
+
+def test_apply_in_user_namespace_tolerates_unmapped_ids(tmp_path: Path, blobs: BlobStore) -> None:
+    """Mapped root without CAP_MKNOD and with one mapped id: files land, chown/mknod warn."""
+    if not shutil.which("unshare"):
+        pytest.skip("needs util-linux unshare")
+    entries = [
+        LayerEntry("f", content=b"x", uid=1000, gid=1000, mode=0o640),
+        LayerEntry("dev/null", kind="char", rdev=(1, 3)),
+        LayerEntry("mine", content=b"y"),
+    ]
+    layer = write_layer_from_entries(entries, blobs, compression="zstd")
+    out = tmp_path / "out"
+    out.mkdir()
+    blob = tmp_path / "layer.bin"
+    shutil.copyfile(blobs.path(layer.digest), blob)
+    script = (
+        "import sys; from pathlib import Path; from layerstore.layer import apply_layer\n"
+        "s = apply_layer(Path(sys.argv[1]), Path(sys.argv[2]))\n"
+        "print(s.files, s.skipped_devices, len(s.warnings))\n"
+    )
+    proc = subprocess.run(
+        ["unshare", "--user", "--map-root-user", sys.executable, "-c", script, str(blob), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    if proc.returncode != 0 and "unshare failed" in proc.stderr:
+        pytest.skip(f"user namespaces unavailable: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    files, skipped, warnings = map(int, proc.stdout.split())
+    assert (files, skipped) == (2, 1) and warnings >= 2
+    assert (out / "f").read_bytes() == b"x" and oct(os.stat(out / "f").st_mode & 0o777) == "0o640"
 
 
 # ---------------------------------------------------------------------------------------
