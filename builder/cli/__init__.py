@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "build": ("builder.cli.build", "build", "Build an image from a Dockerfile (the default)."),
     "parse": ("builder.cli.parse", "parse", "Parse a Dockerfile and print its instructions."),
     "run": ("builder.cli.run", "run", "Run a command in a local image's sandbox."),
+    "import": ("builder.cli.imports", "import_", "Create an image from a root file system."),
     "images": ("builder.cli.images", "images", "List local images."),
     "rmi": ("builder.cli.images", "rmi", "Remove local image names."),
     "prune": ("builder.cli.images", "prune", "Delete unreferenced blobs and build cache."),

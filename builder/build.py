@@ -1,0 +1,261 @@
+"""Build orchestration: options → context → Dockerfile → plan → execution → image → outputs.
+
+``build(options)`` is what ``pybuild build`` calls and what other programs may call: it
+materialises the context (directory, stdin, git or tarball URL), reads the Dockerfile and
+its ignore file, plans the stages the target needs, runs them with the step cache, commits
+the final stage as an image in the local store (tagged, or dangling without ``-t``) and
+runs the exporters. Nothing here formats errors; the CLI does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from builder.errors import BuildError, ContextError
+from builder.executor import Executor, ExecutorOptions, StageResult, StepResult
+from builder.outputs import ExportContext, OutputSpec, export
+from builder.progress import PlainProgress, Progress
+from layerstore.descriptor import Descriptor, MediaType, Platform
+from layerstore.manifest import Manifest
+from layerstore.store import Store
+
+
+@dataclass
+class BuildOptions:
+    """Everything ``pybuild build`` accepts (names as in ``docker build``)."""
+
+    context: str = "."
+    dockerfile: str | None = None  # path, "-" for stdin; default CONTEXT/Dockerfile
+    tags: Sequence[str] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    pull: bool = False
+    platform: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    network: str = "default"
+    outputs: Sequence[OutputSpec] = ()
+    push: bool = False
+    iidfile: str | None = None
+    metadata_file: str | None = None
+    jobs: int = 2
+    debug_cache: bool = False
+    insecure_registries: tuple[str, ...] = ()
+    store_root: Path | None = None
+    stdin: BinaryIO | None = None
+    source_date_epoch: int | None = None
+
+
+@dataclass
+class BuildResult:
+    """The built image: manifest descriptor, config digest, names, and every step."""
+
+    descriptor: Descriptor
+    config_digest: str
+    names: list[str]
+    steps: list[StepResult]
+    seconds: float
+    pushed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def digest(self) -> str:
+        return str(self.descriptor.digest)
+
+    def metadata(self) -> dict[str, object]:
+        """The ``--metadata-file`` document (buildx's keys)."""
+        return {
+            "containerimage.digest": self.digest,
+            "containerimage.config.digest": self.config_digest,
+            "containerimage.descriptor": self.descriptor.to_json(),
+            "image.name": ",".join(self.names),
+            "tags": self.names,
+            "pushed": self.pushed,
+        }
+
+
+def normalize_tag(tag: str) -> str:
+    """The stored form of a ``-t`` name (``app:1`` → ``docker.io/library/app:1``)."""
+    from registry.errors import InvalidReference
+    from registry.reference import Reference
+
+    try:
+        return str(Reference.parse(tag))
+    except InvalidReference as e:
+        raise BuildError(f"invalid tag {tag!r}: {e}") from None
+
+
+def _source_date_epoch(options: BuildOptions) -> int | None:
+    if options.source_date_epoch is not None:
+        return options.source_date_epoch
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BuildError(f"SOURCE_DATE_EPOCH={raw!r} is not a number of seconds") from None
+
+
+def _read_dockerfile(
+    options: BuildOptions, context_root: Path | None, text: str | None
+) -> tuple[str, str, Path | None]:
+    """(text, display name, path for the ignore-file lookup)."""
+    if options.dockerfile == "-":
+        stream = options.stdin if options.stdin is not None else sys.stdin.buffer
+        return stream.read().decode("utf-8", errors="replace"), "Dockerfile", None
+    if text is not None and options.dockerfile is None:
+        return text, "Dockerfile", None
+    if options.dockerfile is not None:
+        path = Path(options.dockerfile)
+        if not path.is_absolute() and not path.exists() and context_root is not None:
+            path = context_root / options.dockerfile
+    elif context_root is not None:
+        path = context_root / "Dockerfile"
+        if not path.exists() and (context_root / "dockerfile").exists():
+            path = context_root / "dockerfile"
+    else:
+        raise ContextError("no Dockerfile: give -f FILE (or -f - to read it from stdin)")
+    try:
+        return path.read_text(encoding="utf-8", errors="replace"), path.name, path
+    except FileNotFoundError:
+        raise ContextError(f"cannot read Dockerfile {str(path)!r}: no such file") from None
+    except OSError as e:
+        raise ContextError(f"cannot read Dockerfile {str(path)!r}: {e.strerror}") from None
+
+
+def build(options: BuildOptions, progress: Progress | None = None) -> BuildResult:
+    """Run a whole build; raises BuildError (and StoreError/RegistryError) subclasses."""
+    from builder.cache import CacheIndex
+    from builder.context import materialize
+    from builder.dockerfile import parse
+    from builder.ignore import IgnoreMatcher, load_matcher
+    from builder.plan import automatic_platform_args, build_plan
+
+    started = time.monotonic()
+    progress = progress or PlainProgress()
+    host = Platform.host()
+    if options.platform:
+        wanted = []
+        for text in options.platform.split(","):
+            try:
+                wanted.append(Platform.parse(text))
+            except ValueError as e:
+                raise BuildError(f"--platform: {e}") from None
+        for p in wanted:
+            if (p.os, p.architecture) != (host.os, host.architecture):
+                raise BuildError(
+                    f"--platform {options.platform}: pybuild builds for this machine's platform "
+                    f"only ({host.os}/{host.architecture})"
+                )
+    epoch = _source_date_epoch(options)
+    stdin = options.stdin
+    if options.context == "-" and options.dockerfile == "-":
+        raise BuildError("the context and the Dockerfile cannot both come from stdin (-)")
+    if stdin is None and options.context == "-":
+        stdin = sys.stdin.buffer
+    store = Store.open(options.store_root)
+    try:
+        with materialize(options.context, stdin=stdin) as ctx:
+            text, name, df_path = _read_dockerfile(options, ctx.root, ctx.dockerfile_text)
+            dockerfile = parse(text, name)
+            for warning in dockerfile.warnings:
+                progress.message(f"warning: {warning}")
+            matcher: IgnoreMatcher | None = None
+            if ctx.root is not None:
+                matcher = load_matcher(ctx.root, df_path)
+            platform_args = automatic_platform_args()
+            plan = build_plan(
+                dockerfile,
+                target=options.target,
+                build_args=options.build_args,
+                platform_args=platform_args,
+            )
+            cache = CacheIndex(store, enabled=not options.no_cache)
+            executor = Executor(
+                plan,
+                store,
+                context_root=ctx.root,
+                ignore=matcher,
+                cache=cache,
+                progress=progress,
+                options=ExecutorOptions(
+                    build_args=dict(options.build_args),
+                    network=options.network,
+                    pull=options.pull,
+                    jobs=options.jobs,
+                    source_date_epoch=epoch,
+                    debug_cache=options.debug_cache,
+                    insecure_registries=options.insecure_registries,
+                    platform_args=platform_args,
+                ),
+            )
+            results = executor.run()
+            warnings = []
+            unused = executor.unused_build_args()
+            if unused:
+                warnings.append(f"one or more build args were not consumed: {', '.join(unused)}")
+                progress.message(f"warning: {warnings[-1]}")
+            final = results[plan.target]
+            result = _commit(store, final, options, epoch, results)
+            result.warnings = warnings
+            outputs = list(options.outputs)
+            if options.push and not any(o.type == "registry" for o in outputs):
+                outputs.append(OutputSpec("registry"))
+            export_ctx = ExportContext(
+                store,
+                result.descriptor,
+                Manifest.from_bytes(store.blobs.read_bytes(result.descriptor.digest)),
+                result.names,
+                insecure_registries=options.insecure_registries,
+            )
+            for spec in outputs:
+                export(spec, export_ctx)
+            result.pushed = export_ctx.pushed
+            result.seconds = time.monotonic() - started
+    finally:
+        store.close()
+    if options.iidfile:
+        Path(options.iidfile).write_text(result.config_digest)
+    if options.metadata_file:
+        Path(options.metadata_file).write_text(json.dumps(result.metadata(), indent=2) + "\n")
+    return result
+
+
+def _commit(
+    store: Store,
+    final: StageResult,
+    options: BuildOptions,
+    epoch: int | None,
+    results: Mapping[int, StageResult],
+) -> BuildResult:
+    from builder.imageconfig import timestamp
+
+    state = final.state
+    config = state.config
+    if options.labels:
+        config = config.with_container_config(
+            labels={**config.config.label_dict(), **options.labels}
+        )
+    created = timestamp(epoch)
+    if state.config.history:
+        # A fully cached build reproduces the image: take the last step's time.
+        created = state.config.history[-1].created or created
+    config = config.evolve(created=created)
+    config_desc = store.put_config(config)
+    manifest = Manifest.build(
+        config=config_desc,
+        layers=[layer.descriptor for layer in state.layers],
+        media_type=MediaType.OCI_MANIFEST,
+    )
+    names = [normalize_tag(t) for t in options.tags]
+    descriptor = store.commit_image(manifest, names)
+    steps = [step for index in sorted(results) for step in results[index].steps]
+    return BuildResult(descriptor, str(config.digest), names, steps, 0.0)
