@@ -20,6 +20,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,6 +145,26 @@ class SnapshotStore:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+
+    def adopt(self, directory: Path, layer: Descriptor, diff_id: Digest) -> Path:
+        """Make ``directory`` the snapshot of ``diff_id`` by renaming it into the store.
+
+        For an overlay upperdir a layer was just written from: it already is that layer in
+        overlay form, so a build need not unpack the blob again. ``directory`` must be on the
+        store's filesystem (else ``OSError``, and nothing changes). When the snapshot exists
+        already, ``directory`` is left where it is and the existing path is returned.
+        """
+        with self._locked(diff_id):
+            found = self._touch(diff_id)
+            if found is not None:
+                return found
+            size = 0
+            for dirpath, _, filenames in os.walk(directory):
+                for name in filenames:
+                    st = os.lstat(os.path.join(dirpath, name))
+                    if stat.S_ISREG(st.st_mode):
+                        size += st.st_size
+            return self._commit(Path(directory), layer, diff_id, size)
 
     def _touch(self, diff_id: Digest) -> Path | None:
         p = self.path(diff_id)

@@ -166,6 +166,23 @@ def test_two_processes_unpack_once(env: tuple[SnapshotStore, BlobStore], tmp_pat
     assert [s.path for s in snaps.list()] == [Path(results.pop())]
 
 
+def test_adopt_an_upperdir(env: tuple[SnapshotStore, BlobStore], tmp_path: Path) -> None:
+    snaps, blobs = env
+    layer = _layer(blobs, BASE)
+    upper = tmp_path / "store" / "upper-of-a-run"  # same filesystem as the store
+    flat = tmp_path / "flat"
+    apply_layer(blobs.path(layer.digest), flat)
+    shutil.copytree(flat, upper, symlinks=True)
+    path = snaps.adopt(upper, layer.descriptor(), layer.diff_id)
+    assert not upper.exists() and (path / "keep").read_bytes() == b"kept"
+    assert snaps.path(layer.diff_id) == path and snaps.list()[0].size == sum(
+        len(e.content or b"") for e in BASE
+    )
+    again = tmp_path / "store" / "second"
+    again.mkdir()
+    assert snaps.adopt(again, layer.descriptor(), layer.diff_id) == path and again.exists()
+
+
 def test_store_exposes_snapshots(tmp_path: Path) -> None:
     store = Store(tmp_path / "s")
     try:
