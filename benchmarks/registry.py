@@ -176,7 +176,9 @@ def main() -> int:
             total = make_image(store, args.layer_mb, compressed)
             store.close()
             mb = total / 1e6
-            results: dict[str, list[float]] = {k: [] for k in ("pb-push", "sk-push", "pb-pull", "sk-pull")}
+            results: dict[str, list[float]] = {
+                k: [] for k in ("pb-push", "sk-push", "pb-pull", "sk-pull")
+            }
             skopeo_extra = [] if compressed else ["--preserve-digests"]
             skopeo_pull_extra = [] if compressed else ["--dest-oci-accept-uncompressed-layers"]
             for _ in range(args.runs):
@@ -191,9 +193,7 @@ def main() -> int:
                         dst = base / "pb-dst"
                         shutil.rmtree(dst, ignore_errors=True)
                         results["pb-pull"].append(
-                            timed(
-                                [*PYBUILD, "pull", "-q", ref], dict(env, PYBUILD_ROOT=str(dst))
-                            )
+                            timed([*PYBUILD, "pull", "-q", ref], dict(env, PYBUILD_ROOT=str(dst)))
                         )
                         shutil.rmtree(dst, ignore_errors=True)
                     else:

@@ -2,9 +2,12 @@
 
 One pooled ``httpx.Client`` per registry host (HTTP/1.1 keep-alive), shared by all worker
 threads. The scheme is decided once, on the first request, the way Docker does it: HTTPS
-first; plain HTTP only for hosts the user marked insecure and for loopback addresses
+first; plain HTTP only for hosts the user marked insecure (``--insecure-registry``,
+``$PYBUILD_INSECURE_REGISTRIES``, ``insecure-registries`` in Docker's daemon.json,
+``insecure = true`` in containers' registries.conf) and for loopback addresses
 (``localhost``, ``127.0.0.0/8``, ``::1``), and only when the server does not speak TLS.
-Certificates are verified except for hosts marked insecure; extra CAs and client
+Unlike Docker, loopback hosts keep certificate verification (a CA in certs.d makes a
+self-signed local registry work); only hosts marked insecure skip it. Extra CAs and client
 certificates come from ``certs.d`` directories (Docker's and containers' layout).
 
 Connection failures, resets, 5xx and 429 are retried with capped exponential backoff and
@@ -24,6 +27,7 @@ import random
 import ssl
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -55,6 +59,11 @@ ENV_INSECURE = "PYBUILD_INSECURE_REGISTRIES"
 ENV_RETRY_BASE = "PYBUILD_RETRY_BASE_DELAY"
 ENV_RETRY_ATTEMPTS = "PYBUILD_RETRY_ATTEMPTS"
 ENV_TIMEOUT = "PYBUILD_REGISTRY_TIMEOUT"
+# Where Docker and podman users already declare insecure registries; overridable for tests.
+ENV_DAEMON_JSON = "PYBUILD_DOCKER_DAEMON_JSON"
+ENV_REGISTRIES_CONF = "PYBUILD_REGISTRIES_CONF"
+DAEMON_JSON = "/etc/docker/daemon.json"
+REGISTRIES_CONF = "/etc/containers/registries.conf"
 USER_AGENT = "pybuild/0.1 (+https://github.com/pybuild)"
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -86,6 +95,30 @@ class RetryPolicy:
             return min(max(retry_after, 0.0), self.total)
         ceiling = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
         return random.uniform(ceiling / 2, ceiling)
+
+
+def configured_insecure() -> list[str]:
+    """Insecure registries from Docker's daemon.json and containers' registries.conf(.d)."""
+    out: list[str] = []
+    daemon = Path(os.environ.get(ENV_DAEMON_JSON) or DAEMON_JSON)
+    try:
+        doc = json.loads(daemon.read_text(encoding="utf-8"))
+        out.extend(str(h) for h in doc.get("insecure-registries") or [])
+    except (OSError, ValueError, AttributeError):
+        pass
+    conf = Path(os.environ.get(ENV_REGISTRIES_CONF) or REGISTRIES_CONF)
+    files = [conf, *sorted(conf.with_suffix(".conf.d").glob("*.conf"))]
+    for path in files:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for entry in data.get("registry") or []:
+            if isinstance(entry, dict) and entry.get("insecure") is True:
+                location = str(entry.get("location") or entry.get("prefix") or "")
+                if location:
+                    out.append(location.split("/", 1)[0])
+    return out
 
 
 def _env_list(name: str) -> list[str]:
@@ -126,7 +159,7 @@ class TransportOptions:
         certs = tuple(Path(d) for d in bases if d)
         timeout = float(os.environ.get(ENV_TIMEOUT) or 60.0)
         return cls(
-            insecure=frozenset([*insecure, *_env_list(ENV_INSECURE)]),
+            insecure=frozenset([*insecure, *_env_list(ENV_INSECURE), *configured_insecure()]),
             certs_dirs=certs,
             retry=RetryPolicy.from_env(),
             timeout=timeout,

@@ -212,6 +212,8 @@ def _base_config(root: Path, port: int) -> dict[str, Any]:
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
         "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
+        # Foreign (non-distributable) layers may point anywhere in these tests.
+        "validation": {"manifests": {"urls": {"allow": ["^https?://"]}}},
     }
 
 
@@ -472,7 +474,7 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
 class Fault:
     """One injected fault: applies to the next ``times`` requests that match."""
 
-    action: str  # "status" | "drop" | "stall" | "flip" | "redirect"
+    action: str  # "status" | "drop" | "stall" | "flip" | "redirect" | "serve"
     method: str = ""
     path_contains: str = ""
     times: int = 1
@@ -480,6 +482,8 @@ class Fault:
     retry_after: str | None = None
     after_bytes: int = 1024  # drop/stall/flip position in the response body
     stall: float = 3.0
+    body: bytes = b""  # "serve": answer with this instead of asking the registry
+    headers: dict[str, str] = field(default_factory=dict)
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -556,6 +560,17 @@ class FaultProxy:
                     self.end_headers()
                     if method != "HEAD":
                         self.wfile.write(body)
+                    return
+                if fault is not None and fault.action == "serve":
+                    self._body()
+                    owner.hits.append((method, path, "serve"))
+                    self.send_response(fault.status)
+                    for k, v in fault.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(fault.body)))
+                    self.end_headers()
+                    if method != "HEAD":
+                        self.wfile.write(fault.body)
                     return
                 if fault is not None and fault.action == "drop" and method in ("PUT", "PATCH"):
                     # The upload breaks half way: read some of it, then hang up.
