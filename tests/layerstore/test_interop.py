@@ -195,6 +195,18 @@ def test_podman_loads_our_archive(
     assert info["Architecture"] == "amd64"
     # The image ID podman computes is our config digest: the config went through unchanged.
     assert info["Id"] == m.config.digest.hex
+    # And back: what podman saves from it, in either format, loads into a fresh store.
+    for podman_format in ("docker-archive", "oci-archive"):
+        back = tmp_path / f"podman.{podman_format}.tar"
+        _run(
+            *podman, "save", "--format", podman_format, "-o", str(back), "docker.io/library/app:1.2"
+        )
+        fresh = Store.open(tmp_path / f"fresh-{podman_format}")
+        loaded = load_path(fresh, back, normalize=lambda n: str(Reference.parse(n)))
+        assert [i.image_id for i in loaded] == [m.config.digest], podman_format
+        assert loaded[0].name == "docker.io/library/app:1.2", podman_format
+        assert fresh.check() == []
+        fresh.close()
     store.close()
 
 
