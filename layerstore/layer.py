@@ -1314,6 +1314,16 @@ def _apply_pax(m: TarMember, records: dict[str, bytes]) -> None:
         raise ArchiveError(f"entry {m.name!r}: negative size")
 
 
+# PATH_MAX: descriptor-relative walking would let deeper trees through, which no other
+# tool could then open or delete
+_MAX_NAME = 4096
+# errors an entry itself causes (a name too long, a link to a directory, …)
+_ENTRY_ERRNOS = frozenset(
+    {errno.ENAMETOOLONG, errno.EINVAL, errno.EEXIST, errno.ENOTDIR, errno.EISDIR,
+     errno.ELOOP, errno.EMLINK, errno.ENOTEMPTY, errno.EXDEV}
+)  # fmt: skip
+
+
 class LayerReader:
     """Applies layer blobs onto directories, never writing outside them.
 
@@ -1354,7 +1364,16 @@ class LayerReader:
             try:
                 tar = TarStreamReader(io.BufferedReader(hashing, 1 << 20))
                 for member in tar:
-                    run.entry(tar, member)
+                    if len(member.name) > _MAX_NAME:
+                        raise ArchiveError(
+                            f"entry {member.name[:80]!r}…: name longer than {_MAX_NAME} bytes"
+                        )
+                    try:
+                        run.entry(tar, member)
+                    except OSError as e:
+                        if e.errno not in _ENTRY_ERRNOS:
+                            raise  # the machine's problem (ENOSPC, EIO, …), not the layer's
+                        raise ArchiveError(f"entry {member.name!r}: {e.strerror}") from None
                 hashing.drain()
             except (EOFError, zlib.error, zstandard.ZstdError) as e:
                 raise ArchiveError(f"layer is not a valid tar stream: {e}") from None

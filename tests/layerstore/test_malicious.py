@@ -266,6 +266,17 @@ def test_hardlink_to_missing_target_is_an_archive_error(arena: tuple[Path, Path]
     assert (outside / "sentinel").read_text() == "untouched"
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["/".join(["d"] * 2100), "n" * 300],
+    ids=["deeper-than-path-max", "component-too-long"],
+)
+def test_oversized_names_are_archive_errors(name: str, arena: tuple[Path, Path]) -> None:
+    root, outside = arena
+    with pytest.raises(ArchiveError, match=r"name longer|too long"):
+        apply_layer(io.BytesIO(make_tar([M("file", name)], outside)), root)
+
+
 def test_file_as_parent_is_an_archive_error(arena: tuple[Path, Path]) -> None:
     root, outside = arena
     blob = make_tar([M("file", "f"), M("file", "f/child")], outside)
