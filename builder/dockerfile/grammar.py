@@ -16,9 +16,10 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
+from typing import Any
 
-from lark import Lark, Tree
-from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark import Lark
+from lark.parsers.lalr_analysis import Reduce, Shift
 
 GRAMMAR_NAME = "dockerfile_grammar.lark"
 ESCAPE_PLACEHOLDER = "%ESC%"
@@ -58,10 +59,10 @@ def load_parser(start: str, escape: str = "\\") -> Lark:
 
 
 class GrammarError(Exception):
-    """A Lark parse failure reduced to where it happened (Lark line, column) and what was seen.
+    """A parse failure reduced to where it happened (Lark line, column) and what was seen.
 
-    ``transform`` turns it into a located DockerfileSyntaxError; keeping Lark's exception types
-    inside this module means no Lark traceback can reach a user.
+    ``transform`` turns it into a located DockerfileSyntaxError; no Lark exception or
+    traceback can reach a user.
     """
 
     def __init__(self, line: int, column: int, seen: str, expected: frozenset[str]) -> None:
@@ -72,30 +73,157 @@ class GrammarError(Exception):
         self.expected = expected
 
 
-_WORD_AT = re.compile(r"[^\S\n]*(\S*)")
+class Tok:
+    """A token: terminal name, text (with its leading blanks), offset and line."""
+
+    __slots__ = ("line", "start_pos", "type", "value")
+
+    def __init__(self, type_: str, value: str, start_pos: int, line: int) -> None:
+        self.type = type_
+        self.value = value
+        self.start_pos = start_pos
+        self.line = line
+
+    @property
+    def end_pos(self) -> int:
+        return self.start_pos + len(self.value)
+
+    def __str__(self) -> str:
+        return self.value
 
 
-def parse_tree(text: str, escape: str) -> Tree:
+class Branch:
+    """A rule match: the rule name and its children (rules starting with ``_`` are inlined)."""
+
+    __slots__ = ("children", "data")
+
+    def __init__(self, data: str, children: list[Branch | Tok]) -> None:
+        self.data = data
+        self.children = children
+
+
+class _Inline(list[Any]):
+    """Children of an inlined rule, spliced into the parent's children."""
+
+
+class FastParser:
+    """An LALR driver over the tables Lark builds from the grammar.
+
+    Lark's own driver is general (lexer threads, callbacks, positions, interactive parsing)
+    and costs several microseconds per token; parsing is on the CLI's hot path, so this loop
+    runs the same tables and the same terminal regexes with the contextual-lexer rule (each
+    parser state scans only for the terminals it accepts) and nothing else.
+    """
+
+    def __init__(self, lark: Lark, start: str) -> None:
+        table = lark.parser.parser.parser.parse_table
+        self.states = table.states
+        self.start_state = table.start_states[start]
+        self.end_state = table.end_states[start]
+        terminals = {t.name: t for t in lark.terminals}
+
+        def order(name: str) -> tuple[int, int, int, str]:
+            t = terminals[name]
+            return (-t.priority, -t.pattern.max_width, -len(t.pattern.value), name)
+
+        compiled: dict[tuple[str, ...], Any] = {}
+        self.scanners: dict[int, Any] = {}
+        self.accepts: dict[int, frozenset[str]] = {}
+        self.rules: dict[Any, tuple[str, int, bool, bool]] = {}
+        for state, actions in self.states.items():
+            names = tuple(sorted((n for n in actions if n in terminals), key=order))
+            if names not in compiled:
+                alternatives = "|".join(
+                    f"(?P<{n}>{terminals[n].pattern.to_regexp()})" for n in names
+                )
+                compiled[names] = re.compile(alternatives).match if names else None
+            self.scanners[state] = compiled[names]
+            self.accepts[state] = frozenset(names)
+            for action, arg in actions.values():
+                if action is Reduce and arg not in self.rules:
+                    name = str(arg.origin.name)
+                    # children need a pass only if the rule has filtered tokens (_NL) or
+                    # inlined rules among its symbols
+                    plain = not any(sym.name.startswith("_") for sym in arg.expansion)
+                    self.rules[arg] = (name, len(arg.expansion), name.startswith("_"), plain)
+
+    def parse(self, text: str) -> Branch:
+        states = self.states
+        scanners = self.scanners
+        rules = self.rules
+        state_stack = [self.start_state]
+        values: list[Any] = []
+        pos = 0
+        n = len(text)
+        line = 1
+        line_start = 0
+        end_state = self.end_state
+        while True:
+            state = state_stack[-1]
+            if pos < n:
+                scan = scanners[state]
+                match = scan(text, pos) if scan is not None else None
+                if match is None:
+                    rest = text[pos : text.find("\n", pos) if "\n" in text[pos:] else n]
+                    word = rest.lstrip()
+                    blanks = len(rest) - len(word)
+                    raise GrammarError(
+                        line,
+                        pos - line_start + 1 + blanks,
+                        word.split()[0] if word.split() else "end of line",
+                        self.accepts[state],
+                    )
+                kind = match.lastgroup
+                value = match.group()
+                token: Tok | None = None if kind[0] == "_" else Tok(kind, value, pos, line)
+                start = pos
+                pos = match.end()
+            else:
+                kind, value, token, start = "$END", "", None, pos
+            while True:
+                action = states[state].get(kind)
+                if action is None:
+                    seen = value.strip() or "end of line"
+                    column = start - line_start + 1 + (len(value) - len(value.lstrip()))
+                    raise GrammarError(line, column, seen, self.accepts[state])
+                if action[0] is Shift:
+                    state_stack.append(action[1])
+                    values.append(token)
+                    break
+                name, size, inline, plain = rules[action[1]]
+                if size:
+                    children = values[-size:]
+                    del values[-size:]
+                    del state_stack[-size:]
+                    if not plain:
+                        taken, children = children, []
+                        for item in taken:
+                            if item is None:
+                                continue
+                            if type(item) is _Inline:
+                                children.extend(item)
+                            else:
+                                children.append(item)
+                else:
+                    children = []
+                result: Any = _Inline(children) if inline else Branch(name, children)
+                goto = states[state_stack[-1]][name]
+                state_stack.append(goto[1])
+                values.append(result)
+                state = state_stack[-1]
+                if kind == "$END" and state == end_state:
+                    result_tree: Branch = values[-1]
+                    return result_tree
+            if kind == "_NL":
+                line += 1
+                line_start = pos
+
+
+@functools.cache
+def fast_parser(escape: str) -> FastParser:
+    return FastParser(load_parser("dockerfile", escape), "dockerfile")
+
+
+def parse_tree(text: str, escape: str) -> Branch:
     """Parse pre-processed Dockerfile text (see source.py); raise GrammarError on failure."""
-    try:
-        return load_parser("dockerfile", escape).parse(text)
-    except UnexpectedInput as e:
-        line = int(getattr(e, "line", 0) or 0)
-        column = int(getattr(e, "column", 0) or 0)
-        if isinstance(e, UnexpectedCharacters):
-            match = _WORD_AT.match(text, e.pos_in_stream or 0)
-            seen = match.group(1) if match else ""
-            expected = frozenset(e.allowed or ())
-        elif isinstance(e, UnexpectedToken):
-            token = e.token
-            seen = "end of line" if token.type in ("_NL", "$END") else str(token).strip()
-            # tokens carry their leading blanks: point at the word itself
-            column += len(str(token)) - len(str(token).lstrip())
-            if token.type == "$END" or line <= 0:
-                line = max(text.count("\n"), 1)
-            expected = frozenset(e.expected or ())
-        else:
-            seen, expected = "end of input", frozenset()
-        raise GrammarError(line, column, seen, expected) from None
-    except LarkError as e:  # pragma: no cover - defensive: Lark raising something else
-        raise GrammarError(0, 0, str(e), frozenset()) from None
+    return fast_parser(escape).parse(text)

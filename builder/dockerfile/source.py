@@ -235,10 +235,6 @@ def _heredoc_markers(line: str) -> list[Heredoc]:
     return found
 
 
-def _is_comment(line: str) -> bool:
-    return line.lstrip().startswith("#")
-
-
 class _DirectiveBlock:
     """BuildKit's DirectiveParser: directives only at the top, each name once, known names."""
 
@@ -292,7 +288,7 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
     if physical and physical[-1] == "":
         physical.pop()
     # Go's bufio scanner plus trimNewline: a line's trailing "\r" characters are not content.
-    lines = [p.rstrip("\r") for p in physical]
+    lines = [p.rstrip("\r") for p in physical] if "\r" in text else physical
     block = _DirectiveBlock(filename)
     escape = "\\"
     continuation = _CONTINUATION[escape]
@@ -304,16 +300,20 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
         first = lines[i]
         i += 1
         token = first.lstrip()
+        if not token:
+            block.done = True
+            continue
         if not block.done and block.feed(token, i):
             if block.escape != escape:
                 escape = block.escape
                 continuation = _CONTINUATION[escape]
             continue
-        if token.startswith("#") or not token:
+        if token[0] == "#":
             continue
         start = i
         indent = len(first) - len(token)
-        cont = continuation.search(token)
+        # cheap test first: most lines do not end with the escape character
+        cont = continuation.search(token) if token.rstrip(" \t")[-1:] == escape else None
         if cont is None:
             joined = token
         else:
@@ -322,12 +322,13 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
             while i < n:
                 line = lines[i]
                 i += 1
-                if _is_comment(line):
-                    continue
-                if not line.strip():
+                content = line.lstrip()
+                if not content:
                     empty_continuation = True
                     continue
-                cont = continuation.search(line)
+                if content[0] == "#":
+                    continue
+                cont = continuation.search(line) if line.rstrip(" \t")[-1:] == escape else None
                 if cont is None:
                     parts.append(line)
                     break

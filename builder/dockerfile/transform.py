@@ -15,10 +15,10 @@ import json
 import re
 from collections.abc import Iterable
 
-from lark import Token, Tree
-
 from builder.dockerfile import instructions as ins
+from builder.dockerfile.grammar import Branch as Tree
 from builder.dockerfile.grammar import GrammarError, parse_tree
+from builder.dockerfile.grammar import Tok as Token
 from builder.dockerfile.instructions import MountSpec, Node
 from builder.dockerfile.source import Heredoc, LogicalLine, Source, Span, Warning
 from builder.errors import (
@@ -83,6 +83,8 @@ FLAGS: dict[str, dict[str, str]] = {
 NETWORK_MODES = ("default", "none", "host")
 SECURITY_MODES = ("sandbox", "insecure")
 MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")
+_KNOWN = frozenset(KNOWN_INSTRUCTIONS)
+_JSON = json.JSONDecoder()
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9\-_.]*$")
 
 _KEYWORD_OF_RULE = {
@@ -253,7 +255,7 @@ class SyntaxPass:
         return tuple(str(t).lstrip() for t in rest), False
 
     def json_array(self, text: str) -> list[str]:
-        value, _ = json.JSONDecoder().raw_decode(text)
+        value, _ = _JSON.raw_decode(text)
         return list(value)
 
     def check_json_like(self, keyword: str, value: str, span: Span) -> None:
@@ -262,7 +264,7 @@ class SyntaxPass:
         if not value.startswith("["):
             return
         try:
-            decoded, _ = json.JSONDecoder().raw_decode(value)
+            decoded, _ = _JSON.raw_decode(value)
         except ValueError:
             if _LOOKS_LIKE_JSON.match(value):
                 self.warnings.append(
@@ -345,6 +347,8 @@ class FlagValues:
 
     def __init__(self, node: Node, allowed: dict[str, str]) -> None:
         self.values: dict[str, str | bool | list[str]] = {}
+        if not node.flags:
+            return
         for flag in node.flags:
             if not flag.startswith("--"):
                 raise _err(InvalidFlagError, node, f"arg should start with -- : {flag}")
@@ -586,7 +590,7 @@ def _require(node: Node, ok: bool, message: str) -> None:
 def typed_instruction(node: Node, *, in_onbuild: bool = False) -> ins.Instruction:
     """The typed form of one node (raises DockerfileError subclasses with its location)."""
     kw = node.keyword
-    if kw not in KNOWN_INSTRUCTIONS:
+    if kw not in _KNOWN:
         hint = suggest(kw, KNOWN_INSTRUCTIONS)
         message = f"unknown instruction: {kw}"
         if hint:
