@@ -25,7 +25,6 @@ import os
 import posixpath
 import secrets
 import shutil
-import stat
 import tarfile
 import tempfile
 import threading
@@ -374,23 +373,10 @@ class Executor:
     def _adopt(self, upper: Path, layer: LayerRef) -> None:
         """Make ``upper`` the snapshot of the layer written from it (no second unpack)."""
         snaps = self.store.snapshots
-        if snaps.path(layer.diff_id) is not None:
+        adopt = getattr(snaps, "adopt", None)
+        if adopt is None:  # an older SnapshotStore: unpacked from the blob when needed
             return
-        # SnapshotStore has no public "adopt"; its lock and commit steps do exactly that.
-        locked = getattr(snaps, "_locked", None)
-        commit = getattr(snaps, "_commit", None)
-        if locked is None or commit is None:
-            return
-        with locked(layer.diff_id):
-            if snaps.path(layer.diff_id) is None:
-                size = sum(
-                    st.st_size
-                    for st in (
-                        os.lstat(os.path.join(d, f)) for d, _, fs in os.walk(upper) for f in fs
-                    )
-                    if stat.S_ISREG(st.st_mode)
-                )
-                commit(upper, layer.descriptor, layer.diff_id, size)
+        adopt(upper, layer.descriptor, layer.diff_id)
 
     def _commit_layer(self, upper: Path) -> LayerRef | None:
         """The layer of an upper directory (None when empty), adopted as its snapshot."""
