@@ -53,6 +53,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pybuild.registry")
 
+
+class _RedactingFilter(logging.Filter):
+    """httpx logs every request URL at INFO; signed storage URLs must not reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(a) for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def _redact_arg(value: object) -> object:
+    if isinstance(value, httpx.URL) or (isinstance(value, str) and "://" in value):
+        return redact_url(str(value))
+    return value
+
+
+logging.getLogger("httpx").addFilter(_RedactingFilter())
+
 DEFAULT_CERTS_DIRS = ("/etc/docker/certs.d", "/etc/containers/certs.d")
 ENV_CERTS_D = "PYBUILD_CERTS_D"
 ENV_INSECURE = "PYBUILD_INSECURE_REGISTRIES"

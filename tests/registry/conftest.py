@@ -515,6 +515,7 @@ class FaultProxy:
         self.hits: list[tuple[str, str, str]] = []  # (method, path, what happened)
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, path, headers)
         self.storage: dict[str, bytes] = {}
+        self.relative_locations = False  # strip scheme://host from Location headers
         self.storage_requests: list[dict[str, str]] = []
         self._lock = threading.Lock()
         owner = self
@@ -611,6 +612,8 @@ class FaultProxy:
                     return
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
+                    if k.lower() == "location" and owner.relative_locations and "://" in v:
+                        v = "/" + v.split("://", 1)[1].split("/", 1)[1]
                     if k.lower() not in _HOP and k.lower() != "content-length":
                         self.send_header(k, v)
                 if method == "HEAD":

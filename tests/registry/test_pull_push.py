@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from layerstore.digest import Digest
 from layerstore.store import Store
 from registry.client import Client
 from registry.pull import pull
 from registry.push import push
 from registry.reference import Reference
 
-from .conftest import RegistryServer, build_image, login_env
+from .conftest import FaultProxy, RegistryServer, build_image, login_env
 
 pytestmark = pytest.mark.registry
 
@@ -44,8 +45,6 @@ def test_push_then_pull_round_trip(server: RegistryServer, client_env: Path) -> 
     assert pulled.digest == image.digest
     assert dst.images.resolve(str(dest)).digest == image.digest
     for blob in image.layers:
-        from layerstore.digest import Digest
-
         assert dst.blobs.read_bytes(Digest.of(blob)) == blob
     with Client.for_reference(dest) as client:
         assert "v1" in client.list_tags(dest)
@@ -77,3 +76,26 @@ def test_copy_through_layouts_and_archives(
     assert pulled.digest == manifest.digest
     doc = check.read_document(pulled.descriptor.digest)
     assert check.blobs.read_bytes(doc.config.digest) == image.config  # type: ignore[union-attr]
+
+
+def test_mount_answered_202_falls_back_to_upload(
+    plain_registry: RegistryServer, fault_proxy: FaultProxy, client_env: Path
+) -> None:
+    store = Store.open()
+    image = build_image(store, "local/m:1", layers=[{"m": b"mount me" * 300}])
+    # The store believes the blobs live in a repository that does not have them: the
+    # registry answers the mount with 202 and an upload session, which must be used.
+    for blob in (*image.layers, image.config):
+        store.images.add_blob_source(Digest.of(blob), fault_proxy.host, "no/such-repo")
+    fault_proxy.relative_locations = True  # and Location headers are relative
+    ref = Reference.parse(f"{fault_proxy.host}/mount/fallback:1")
+    result = push("local/m:1", ref, store)
+    assert result.uploaded == 2 and result.mounted == 0
+    mounts = [p for m, p, _ in fault_proxy.requests if m == "POST" and "mount=" in p]
+    assert len(mounts) == 2
+    posts = [p for m, p, _ in fault_proxy.requests if m == "POST"]
+    assert len(posts) == 2  # the sessions the mounts opened were used, no new ones
+    again = Store.open(client_env / "again")
+    assert pull(Reference.parse(plain_registry.ref("mount/fallback:1")), again).fetched == 2
+    second = pull(Reference.parse(plain_registry.ref("mount/fallback:1")), again)
+    assert second.fetched == 0 and second.present == 2
