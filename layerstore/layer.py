@@ -1026,28 +1026,76 @@ class _PrefixedReader(io.RawIOBase):
         return len(data)
 
 
-class _HashingReader(io.RawIOBase):
-    """Hashes everything read through it (the diff ID of an uncompressed tar)."""
+class _ReadAhead(io.RawIOBase):
+    """Decompresses and hashes on a thread while the caller writes files.
+
+    The thread reads ``inner`` to its end, hashing every byte (the diff ID covers what
+    follows the end-of-archive marker too), and hands 1 MiB chunks over a bounded queue.
+    Its errors are raised by :meth:`readinto` in the reading thread.
+    """
+
+    _CHUNK = 1 << 20
 
     def __init__(self, inner: BinaryIO) -> None:
         self._inner = inner
         self.hasher = Hasher()
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=8)
+        self._stop = threading.Event()
+        self._cur = memoryview(b"")
+        self._eof = False
+        self._thread = threading.Thread(target=self._run, name="layer-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                block = self._inner.read(self._CHUNK)
+                if block:
+                    self.hasher.update(block)
+                if not self._put(block) or not block:
+                    return
+        except BaseException as e:
+            self._put(e)
+
+    def _put(self, item: bytes | BaseException) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._inner.read(len(buf))
-        n = len(data)
-        buf[:n] = data
-        if n:
-            self.hasher.update(data)
+        while not self._cur:
+            if self._eof:
+                return 0
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+                return 0
+            self._cur = memoryview(item)
+        n = min(len(buf), len(self._cur))
+        buf[:n] = self._cur[:n]
+        self._cur = self._cur[n:]
         return n
 
     def drain(self) -> None:
-        """Hash what follows the end-of-archive marker: the diff ID covers the whole stream."""
-        while block := self._inner.read(1 << 20):
-            self.hasher.update(block)
+        """Consume the rest, so the hash covers the whole stream."""
+        self._cur = memoryview(b"")
+        sink = bytearray(self._CHUNK)
+        while self.readinto(sink):
+            pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def open_uncompressed(raw: BinaryIO) -> BinaryIO:
@@ -1358,7 +1406,7 @@ class LayerReader:
             tar_stream = open_uncompressed(raw)
         except (OSError, zstandard.ZstdError) as e:
             raise ArchiveError(f"layer cannot be decompressed: {e}") from None
-        hashing = _HashingReader(tar_stream)
+        hashing = _ReadAhead(tar_stream)
         with RootDir(target) as root:
             run = _Apply(self, root, stats)
             try:
@@ -1379,6 +1427,8 @@ class LayerReader:
                 raise ArchiveError(f"layer is not a valid tar stream: {e}") from None
             except gzip.BadGzipFile as e:
                 raise ArchiveError(f"layer gzip stream is corrupt: {e}") from None
+            finally:
+                hashing.stop()
             run.finish()
         stats.diff_id = hashing.hasher.digest()
         return stats
