@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -88,6 +89,7 @@ class Store:
         # Run by ``gc(drop_caches=True)`` under the gc lock: each drops a cache (build cache
         # records, …) and returns the bytes it freed.
         self.cache_pruners: list[Callable[[], int]] = []
+        self._leases = threading.local()  # leases this thread holds (gc here would deadlock)
         # Temp files of writers killed earlier; live writers hold their locks and are skipped.
         self.blobs.clean_ingest()
         # Images another tool wrote into the layout (skopeo copy … oci:<store>:<name>).
@@ -237,10 +239,16 @@ class Store:
         finally:
             os.close(fd)
 
-    def lease(self) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
         """Hold while writing blobs that are not yet reachable from a name (build, pull):
         garbage collection waits until every lease is released."""
-        return self._gc_lock(exclusive=False)
+        with self._gc_lock(exclusive=False):
+            self._leases.depth = getattr(self._leases, "depth", 0) + 1
+            try:
+                yield
+            finally:
+                self._leases.depth -= 1
 
     def gc(
         self,
@@ -260,6 +268,9 @@ class Store:
         ``grace_seconds`` ago are kept, for writers that hold no lease. Temp files of
         killed writers are removed too.
         """
+        if getattr(self._leases, "depth", 0):
+            # flock locks of one process still conflict: this gc would wait for itself.
+            raise StoreError("garbage collection cannot run while this store holds a lease")
         result = GCResult()
         with self._gc_lock(exclusive=True):
             if prune_dangling and not dry_run:

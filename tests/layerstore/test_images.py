@@ -505,3 +505,9 @@ def test_entries_another_tool_adds_to_index_json_are_adopted(store: Store) -> No
     assert store.images.names() == ["localhost/ours:1", "localhost/theirs:1"]
     assert store.check() == []
     assert store.images.adopt_external() == []  # nothing new once rewritten
+
+
+def test_gc_inside_a_lease_is_refused_not_deadlocked(store: Store) -> None:
+    with store.lease(), pytest.raises(StoreError, match="holds a lease"):
+        store.gc()
+    assert store.gc().deleted == []  # fine again once released
