@@ -62,15 +62,37 @@ class BuildPlan:
         return [self.stages[i] for i in self.order]
 
 
+# Go's GOARCH names for platform.machine() values (kept here rather than importing the
+# layerstore package, whose import cost `pybuild parse` should not pay).
+_GOARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64/v8",
+    "arm64": "arm64/v8",
+    "armv7l": "arm/v7",
+    "armv6l": "arm/v6",
+    "i386": "386",
+    "i686": "386",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+def host_platform() -> str:
+    """This machine as ``linux/<goarch>[/<variant>]``."""
+    import platform
+
+    machine = platform.machine().lower()
+    return f"linux/{_GOARCH.get(machine, machine)}"
+
+
 def automatic_platform_args(
     build_platform: str | None = None, target_platform: str | None = None
 ) -> dict[str, str]:
     """BUILDPLATFORM/TARGETPLATFORM and their OS/ARCH/VARIANT parts (global scope in BuildKit)."""
     if build_platform is None or target_platform is None:
-        from layerstore.descriptor import Platform
-
-        host = Platform.host()
-        host_text = f"{host.os}/{host.architecture}" + (f"/{host.variant}" if host.variant else "")
+        host_text = host_platform()
         build_platform = build_platform or host_text
         target_platform = target_platform or host_text
     out: dict[str, str] = {}

@@ -107,13 +107,17 @@ def _fail(message: str, status: int = 1) -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``pybuild`` console script."""
-    from builder.errors import BuildError
-    from layerstore.errors import StoreError
-    from registry.errors import RegistryError
-
     try:
         return cli.main(args=argv, prog_name="pybuild", standalone_mode=True)
-    except (BuildError, StoreError, RegistryError) as e:
-        _fail(str(e))
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except Exception as e:
+        # imported only on failure: `layerstore` and `registry` packages are slow to import,
+        # and `pybuild parse` / `--version` must start fast
+        from builder.errors import BuildError
+        from layerstore.errors import StoreError
+        from registry.errors import RegistryError
+
+        if isinstance(e, (BuildError, StoreError, RegistryError)):
+            _fail(str(e))
+        raise

@@ -138,3 +138,28 @@ def test_warnings_go_to_stderr_without_failing() -> None:
     assert result.exit_code == 0
     assert "Dockerfile:2: warning: MAINTAINER instruction is deprecated" in result.stderr
     assert "warning" not in result.stdout
+
+
+def test_parse_command_imports_no_heavy_modules(tmp_path: Path) -> None:
+    """`pybuild parse` must start fast: no httpx, rich, zstandard or layerstore import."""
+    import subprocess
+    import sys
+
+    dockerfile = FIXTURES / "dockerfile" / "parallel-stages" / "Dockerfile"
+    code = (
+        "import sys\n"
+        "from builder.cli import main\n"
+        "try:\n"
+        f"    main(['parse', '--json', {str(dockerfile)!r}])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "heavy = [m for m in ('httpx', 'rich', 'zstandard', 'layerstore', 'registry')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"plan": [' in result.stdout
