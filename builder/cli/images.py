@@ -134,7 +134,16 @@ def _split_display(name: str | None) -> tuple[str, str, str]:
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
 @click.option("--no-trunc", is_flag=True, help="Show full image IDs.")
 @click.option("--digests", is_flag=True, help="Show the manifest digest of each image.")
-def images(repository: str | None, quiet: bool, no_trunc: bool, digests: bool) -> None:
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    help="json: one object per line, with Docker's field names.",
+)
+def images(
+    repository: str | None, quiet: bool, no_trunc: bool, digests: bool, format_: str
+) -> None:
     """List local images (REPOSITORY[:TAG] filters)."""
     store = _store()
     records = store.images.list()
@@ -156,6 +165,23 @@ def images(repository: str | None, quiet: bool, no_trunc: bool, digests: bool) -
                 seen.append(shown)
         for s in seen:
             click.echo(s)
+        return
+    if format_ == "json":
+        import json
+
+        for r in records:
+            repo, tag, _ = _split_display(r.name)
+            doc = {
+                "ID": str(r.image_id) if no_trunc else r.image_id.short,
+                "Repository": repo,
+                "Tag": tag,
+                "Digest": str(r.descriptor.digest),
+                "CreatedAt": r.created or "",
+                "CreatedSince": _created(r.created, now),
+                "Size": human_size(r.size),
+                "SizeBytes": r.size,
+            }
+            click.echo(json.dumps(doc, sort_keys=True))
         return
     header = ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else [])
     header += ["IMAGE ID", "CREATED", "SIZE"]

@@ -421,6 +421,11 @@ def test_cli_images_rmi_prune(store_root: Path) -> None:
     assert sorted(line.split()[1] for line in result.output.splitlines()[1:]) == ["1.2", "new"]
     result = runner.invoke(cli, ["images", "-q"])
     assert len(result.output.split()) == 3  # unique IDs
+    result = runner.invoke(cli, ["images", "--format", "json", "app:new"])
+    (row,) = [json.loads(line) for line in result.output.splitlines()]
+    assert row["Repository"] == "app" and row["Tag"] == "new"
+    assert row["ID"] == m2.config.digest.short and row["Digest"] == str(m2.digest)
+    assert row["SizeBytes"] == m2.size
     # rmi: by ID refuses while two names point at it.
     result = runner.invoke(cli, ["rmi", m.config.digest.short])
     assert result.exit_code == 1
