@@ -82,10 +82,17 @@ _REF_NAME_RE = re.compile(
 def ref_name_for(name: str) -> str:
     """The ``org.opencontainers.image.ref.name`` a stored name is published under.
 
-    The full normalised name, verbatim (``docker.io/library/app:1.2``), because the OCI
-    grammar allows ``/`` and ``:`` and both skopeo (``oci:STORE:docker.io/library/app:1.2``,
-    the path ends at the first colon) and umoci (``--image STORE:docker.io/library/app:1.2``)
-    accept it. A name outside the grammar is refused by :meth:`ImageStore.tag`.
+    The full normalised name, verbatim (``docker.io/library/app:1.2``,
+    ``127.0.0.1:5000/team/app:latest``, ``docker.io/library/app@sha256:…``). The OCI grammar
+    allows ``/``, ``:`` and ``@``, and the tools accept it as is (checked with skopeo 1.9.3 and
+    umoci 0.4.7): skopeo's ``oci:STORE:docker.io/library/app:1.2`` ends the path at the
+    *first* colon, umoci's ``--image STORE:docker.io/library/app:1.2`` also splits there,
+    and podman 4.3 writes this same full-name form in the OCI archives it saves. The
+    alternative Docker ≥ 25 uses in its archives (ref.name = tag only, full name in
+    ``io.containerd.image.name``) cannot tell ``app:1`` from ``other:1`` in one layout, so
+    it is used only in the docker-archive format (see ``layerstore.layout``). A name
+    outside the grammar (an IPv6 registry host in brackets) is refused by
+    :meth:`ImageStore.tag`.
     """
     return name
 
