@@ -1422,6 +1422,8 @@ class LayerReader:
                         if e.errno not in _ENTRY_ERRNOS:
                             raise  # the machine's problem (ENOSPC, EIO, …), not the layer's
                         raise ArchiveError(f"entry {member.name!r}: {e.strerror}") from None
+                    except ValueError as e:  # a NUL in a link target or xattr name
+                        raise ArchiveError(f"entry {member.name!r}: {e}") from None
                 hashing.drain()
             except (EOFError, zlib.error, zstandard.ZstdError) as e:
                 raise ArchiveError(f"layer is not a valid tar stream: {e}") from None

@@ -13,13 +13,16 @@ import io
 import os
 import stat
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from layerstore.errors import ArchiveError, UnsafePathError
+from layerstore.errors import ArchiveError, StoreError, UnsafePathError
 from layerstore.layer import apply_layer
 
 OUT = "<outside>"  # replaced by the absolute path of the outside directory
@@ -282,3 +285,63 @@ def test_file_as_parent_is_an_archive_error(arena: tuple[Path, Path]) -> None:
     blob = make_tar([M("file", "f"), M("file", "f/child")], outside)
     with pytest.raises(ArchiveError, match="not a directory"):
         apply_layer(io.BytesIO(blob), root)
+
+
+def _fuzz_seed_tar() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, link in [
+            ("d", tarfile.DIRTYPE, ""),
+            ("d/f", tarfile.REGTYPE, ""),
+            ("l", tarfile.SYMTYPE, "d/f"),
+            ("h", tarfile.LNKTYPE, "d/f"),
+            ("é" * 60, tarfile.REGTYPE, ""),
+            (".wh.x", tarfile.REGTYPE, ""),
+            ("d/.wh..wh..opq", tarfile.REGTYPE, ""),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, link
+            data = b"hello" * 30 if kind == tarfile.REGTYPE and not name.startswith(".wh") else b""
+            info.size = len(data)
+            if name == "d/f":
+                info.pax_headers = {"SCHILY.xattr.user.a": "b"}
+            tf.addfile(info, io.BytesIO(data) if data else None)
+    return buf.getvalue()
+
+
+FUZZ_SEED = _fuzz_seed_tar()
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, len(FUZZ_SEED) - 1),
+            st.sampled_from(b"\x00/.0125x\xff") | st.integers(0, 255),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    cut=st.none() | st.integers(0, len(FUZZ_SEED)),
+    compress=st.booleans(),
+)
+def test_mutated_layers_fail_cleanly(
+    edits: list[tuple[int, int]], cut: int | None, compress: bool, tmp_path: Path
+) -> None:
+    """Any damage to a tar gives a StoreError (never another exception), and stays inside."""
+    blob = bytearray(FUZZ_SEED)
+    for pos, value in edits:
+        blob[pos] = value
+    data = bytes(blob[:cut] if cut is not None else blob)
+    work = Path(tempfile.mkdtemp(dir=tmp_path))
+    (work / "outside").mkdir()
+    root = work / "a" / "root"
+    root.mkdir(parents=True)
+    try:
+        apply_layer(io.BytesIO(gzip.compress(data, mtime=0) if compress else data), root)
+    except StoreError:
+        pass
+    assert sorted(os.listdir(work)) == ["a", "outside"] and os.listdir(work / "a") == ["root"]
+    assert os.listdir(work / "outside") == []
