@@ -846,7 +846,8 @@ class Executor:
                     heredoc_files.append((doc.name, body))
                     inputs[f"heredoc:{doc.name}"] = hashlib.sha256(body.encode()).hexdigest()
                 elif is_add and raw.startswith(("http://", "https://")):
-                    checksum = instruction.checksum if isinstance(instruction, ins.Add) else None
+                    raw_sum = instruction.checksum if isinstance(instruction, ins.Add) else None
+                    checksum = expand.word(raw_sum, line) if raw_sum else None
                     path = self._download(raw, download_dir, checksum, line)
                     url_files.append((raw, path))
                     inputs[f"url:{raw}"] = hashlib.sha256(path.read_bytes()).hexdigest()
