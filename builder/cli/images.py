@@ -113,7 +113,7 @@ def _created(text: str | None, now: float) -> str:
 
 def _table(rows: list[list[str]]) -> str:
     """Columns padded like Docker's tabwriter (min width 10, padding 3)."""
-    widths = [max(10, *(len(r[i]) for r in rows)) + 3 for i in range(len(rows[0]))]
+    widths = [max(10, max(len(r[i]) for r in rows) + 3) for i in range(len(rows[0]))]
     return "\n".join(
         "".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + r[-1] for r in rows
     )

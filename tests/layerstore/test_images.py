@@ -516,3 +516,14 @@ def test_gc_inside_a_lease_is_refused_not_deadlocked(store: Store) -> None:
     with store.lease(), pytest.raises(StoreError, match="holds a lease"):
         store.gc()
     assert store.gc().deleted == []  # fine again once released
+
+
+def test_cli_images_empty_store_header_matches_docker(store_root: Path) -> None:
+    from click.testing import CliRunner
+
+    from builder.cli import cli
+
+    result = CliRunner().invoke(cli, ["images"])
+    assert result.exit_code == 0
+    # Byte for byte what `docker images` prints for an empty store (tabwriter 10/1/3).
+    assert result.output == "REPOSITORY   TAG       IMAGE ID   CREATED   SIZE\n"
