@@ -857,6 +857,16 @@ _TYPEFLAG_OF_KIND = {
 # ---------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _source_errors() -> Iterator[None]:
+    """A source file that is missing or unreadable is the user's error, not a traceback."""
+    try:
+        yield
+    except (FileNotFoundError, PermissionError) as e:
+        what = os.fsdecode(e.filename) if e.filename is not None else "a source file"
+        raise StoreError(f"cannot write layer: {what!r}: {e.strerror}") from None
+
+
 class LayerWriter:
     """Writes layer blobs into a blob store with one compression setting."""
 
@@ -901,7 +911,8 @@ class LayerWriter:
     def write_entries(self, entries: Iterable[LayerEntry]) -> Layer:
         """A layer of exactly ``entries`` (sorted into walk order; duplicates refused)."""
         factory = _EntryFactory(self.source_date_epoch)
-        records = _entries_to_tar(entries, factory)
+        with _source_errors():
+            records = _entries_to_tar(entries, factory)
 
         def produce(tar: _TarStream) -> None:
             for rec in records:
@@ -933,7 +944,8 @@ class LayerWriter:
 
         try:
             tar = _TarStream(sink, self.block_size)
-            produce(tar)
+            with _source_errors():
+                produce(tar)
             tar.finish()
             pipeline.finish()
             out.close()

@@ -22,7 +22,7 @@ import zstandard
 from layerstore.blobs import BlobStore
 from layerstore.descriptor import MediaType
 from layerstore.digest import Digest
-from layerstore.errors import ArchiveError, DigestMismatch, UnsafePathError
+from layerstore.errors import ArchiveError, DigestMismatch, StoreError, UnsafePathError
 from layerstore.layer import (
     Layer,
     LayerEntry,
@@ -445,6 +445,14 @@ def test_bad_entries(
 ) -> None:
     with pytest.raises(error, match=match):
         write_layer_from_entries(entries, blobs)
+
+
+def test_missing_source_is_a_clear_error(tmp_path: Path, blobs: BlobStore) -> None:
+    with pytest.raises(StoreError, match=r"gone\.txt"):
+        write_layer_from_entries([LayerEntry("a", source=tmp_path / "gone.txt")], blobs)
+    with pytest.raises(StoreError, match="not a directory"):
+        write_layer(tmp_path / "nope", blobs)
+    assert list(blobs) == []
 
 
 def test_explicit_hardlink_entry(tmp_path: Path, blobs: BlobStore) -> None:
