@@ -1,0 +1,136 @@
+"""Interop: pushed images run under podman; umoci reads type=oci; podman loads type=docker."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ..registry.conftest import RegistryServer, plain_registry  # noqa: F401 - a fixture
+from .conftest import Pybuild, tree
+
+pytestmark = [pytest.mark.root, pytest.mark.tools, pytest.mark.registry]
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} not installed")
+
+
+@pytest.fixture
+def podman() -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    _need("podman")
+    _need("runc")
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="pbpod-"))  # podman wants a short runroot
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                "podman",
+                "--root",
+                str(work / "root"),
+                "--runroot",
+                str(work / "run"),
+                "--runtime",
+                "runc",
+                "--storage-driver",
+                "vfs",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    yield run
+    subprocess.run(["umount", "-R", str(work / "root")], capture_output=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def pushed_base(pybuild: Pybuild, plain_registry: RegistryServer) -> str:  # noqa: F811
+    pybuild("push", "busybox:test", plain_registry.ref("library/busybox:test"))
+    return plain_registry.host
+
+
+def test_pushed_image_runs_under_podman(
+    pybuild: Pybuild,
+    context: Callable[[str], Path],
+    pushed_base: str,
+    podman: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    name = f"{pushed_base}/interop/app:1"
+    res = pybuild.build(
+        context("interop"), "--build-arg", f"REGISTRY={pushed_base}", "-t", name, "--push"
+    )
+    assert "pushed" in res.stdout
+    run = podman(
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--ulimit",
+        "nofile=20000:20000",
+        "--ulimit",
+        "nproc=4096:4096",
+        "--tls-verify=false",
+        name,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "hello from the Dockerfile\n"
+
+
+def test_oci_output_unpacks_like_local_output(
+    pybuild: Pybuild, context: Callable[[str], Path], pushed_base: str, tmp_path: Path
+) -> None:
+    _need("umoci")
+    ctx = context("interop")
+    arg = ("--build-arg", f"REGISTRY={pushed_base}")
+    local = pybuild.export(ctx, tmp_path / "local", *arg)
+    pybuild.build(
+        ctx, *arg, "-t", "oci-out:1", "-o", f"type=oci,dest={tmp_path / 'layout'},tar=false"
+    )
+    bundle = tmp_path / "bundle"
+    proc = subprocess.run(
+        [
+            "umoci",
+            "unpack",
+            "--image",
+            f"{tmp_path / 'layout'}:docker.io/library/oci-out:1",
+            str(bundle),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert tree(bundle / "rootfs") == tree(local)
+    archive = tmp_path / "app.oci.tar"
+    pybuild.build(ctx, *arg, "-o", f"type=oci,dest={archive}")
+    assert archive.stat().st_size > 0
+
+
+def test_docker_output_loads_in_podman(
+    pybuild: Pybuild,
+    context: Callable[[str], Path],
+    pushed_base: str,
+    tmp_path: Path,
+    podman: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    archive = tmp_path / "app.docker.tar"
+    pybuild.build(
+        context("interop"),
+        "--build-arg",
+        f"REGISTRY={pushed_base}",
+        "-t",
+        "docker-out:1",
+        "-o",
+        f"type=docker,dest={archive}",
+    )
+    load = podman("load", "-i", str(archive))
+    assert load.returncode == 0, load.stderr
+    assert "docker-out:1" in load.stdout
