@@ -238,6 +238,19 @@ def test_gnu_tar_extracts_the_same_tree(
         names = [m.name + ("/" if m.isdir() else "") for m in tf.getmembers()]
     assert listing == names
     assert len(names) == len(tree_model(upper)) - 1
+    # tar -tvf: mode string and numeric owner per entry (uname/gname are empty)
+    verbose = subprocess.run(
+        ["tar", "-tvf", str(blobs.path(layer.digest))], check=True, capture_output=True
+    ).stdout.decode()
+    model = tree_model(upper)
+    for line, name in zip(verbose.splitlines(), names, strict=True):
+        perms, owner = line.split()[:2]
+        entry = model[name.rstrip("/")]
+        kind = "h" if any(name in g[1:] for g in model["<hardlinks>"]) else entry["type"]
+        assert perms[0] == kind, line
+        assert owner == f"{entry['uid']}/{entry['gid']}", line
+        if "mode" in entry and kind != "h":
+            assert stat.filemode(int(entry["mode"], 8) | stat.S_IFREG)[1:] == perms[1:], line
 
 
 def test_walk_order_is_parents_first_then_bytewise(tmp_path: Path, blobs: BlobStore) -> None:
