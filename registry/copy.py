@@ -23,8 +23,9 @@ from layerstore.digest import Digest
 from layerstore.manifest import Index, Manifest
 from registry.client import Client, RemoteManifest
 from registry.errors import RegistryError
+from registry.parallel import TransferPool
 from registry.progress import ProgressSink
-from registry.pull import DEFAULT_JOBS, _parse, run_parallel
+from registry.pull import DEFAULT_JOBS, parse_remote
 from registry.reference import Reference
 
 
@@ -44,7 +45,7 @@ def _resolve(
 ) -> tuple[list[RemoteManifest], list[Manifest]]:
     """(documents children-first, image manifests) of ``ref`` on its registry."""
     top = client.get_manifest(ref)
-    doc = _parse(top, str(ref))
+    doc = parse_remote(top, str(ref))
     if isinstance(doc, Manifest):
         return [top], [doc]
     entries = [doc.select(platform)] if platform is not None else list(doc.manifests)
@@ -52,7 +53,7 @@ def _resolve(
     manifests: list[Manifest] = []
     for entry in entries:
         child = client.get_manifest(ref, identifier=str(entry.digest))
-        parsed = _parse(child, f"{ref.name}@{entry.digest}")
+        parsed = parse_remote(child, f"{ref.name}@{entry.digest}")
         if isinstance(parsed, Index):
             raise RegistryError(f"{ref}: nested index {entry.digest} is not supported")
         documents.append(child)
@@ -86,13 +87,13 @@ def copy_image(
                 continue
             blobs.setdefault(d.digest, d)
     lock = threading.Lock()
-    tasks: list[tuple[str, Callable[[], object]]] = []
+    pool = TransferPool(jobs, sink)
     if not same_repo:
         spool_dir = tempfile.mkdtemp(prefix="pybuild-copy-")
         spool = BlobStore(Path(spool_dir))
         for digest, d in blobs.items():
             key = str(digest)
-            advance = sink.task(key, digest.short, d.size)
+            advance = pool.task(key, digest.short, d.size)
 
             def one(
                 d: Descriptor = d, advance: Callable[[int], None] = advance, key: str = key
@@ -109,9 +110,9 @@ def copy_image(
                 sink.finish(key, "done" if how == "uploaded" else how)
                 return None
 
-            tasks.append((key, one))
+            pool.add(key, one)
         try:
-            run_parallel(jobs, tasks, sink)
+            pool.run()
         finally:
             shutil.rmtree(spool_dir, ignore_errors=True)
     for i, doc in enumerate(documents):

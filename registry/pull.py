@@ -13,7 +13,6 @@ their descriptors are kept in the manifest as they are.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from layerstore.descriptor import Descriptor, MediaType, Platform
@@ -23,6 +22,7 @@ from layerstore.manifest import Index, Manifest, parse_document
 from layerstore.store import Store
 from registry.client import Client, RemoteManifest
 from registry.errors import RegistryError, UnsupportedManifestKind
+from registry.parallel import TransferPool
 from registry.progress import ProgressSink
 from registry.reference import Reference
 
@@ -43,33 +43,12 @@ class PullResult:
     bytes: int = 0
 
 
-def _parse(remote: RemoteManifest, what: str) -> Manifest | Index:
+def parse_remote(remote: RemoteManifest, what: str) -> Manifest | Index:
+    """Parse a served document; schema 1 becomes :class:`UnsupportedManifestKind`."""
     try:
         return parse_document(remote.raw, remote.media_type or None)
     except UnsupportedManifest as e:
         raise UnsupportedManifestKind(f"{what}: {e}") from None
-
-
-def run_parallel(
-    jobs: int, tasks: list[tuple[str, Callable[[], object]]], progress: ProgressSink
-) -> None:
-    """Run ``tasks`` on ``jobs`` threads; the first failure cancels the rest and is raised."""
-    if not tasks:
-        return
-    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(tasks)))) as pool:
-        futures: dict[Future[object], str] = {pool.submit(fn): key for key, fn in tasks}
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for fut in pending:
-            fut.cancel()
-        errors = [f.exception() for f in done if f.exception() is not None]
-        if errors:
-            wait(pending)
-            for fut, key in futures.items():
-                if fut.done() and not fut.cancelled() and fut.exception() is not None:
-                    progress.finish(key, "failed")
-            err = errors[0]
-            assert err is not None
-            raise err
 
 
 def pull(
@@ -107,7 +86,7 @@ def _pull(
     tag: bool,
 ) -> PullResult:
     top = client.get_manifest(ref)
-    doc = _parse(top, str(ref))
+    doc = parse_remote(top, str(ref))
     sink.note(f"{ref.familiar()}: resolved {top.digest}")
     # (descriptor, raw) of every document to store, children before parents.
     documents: list[tuple[Descriptor, bytes]] = []
@@ -124,7 +103,7 @@ def _pull(
             chosen = entry
         for entry in entries:
             child_remote = client.get_manifest(ref, identifier=str(entry.digest))
-            child = _parse(child_remote, f"{ref.name}@{entry.digest}")
+            child = parse_remote(child_remote, f"{ref.name}@{entry.digest}")
             if isinstance(child, Index):
                 raise RegistryError(f"{ref}: nested index {entry.digest} is not supported by pull")
             manifests.append(child)
@@ -144,7 +123,7 @@ def _pull(
     for manifest in manifests:
         for desc in (manifest.config, *manifest.layers):
             blobs.setdefault(desc.digest, desc)
-    tasks: list[tuple[str, Callable[[], object]]] = []
+    pool = TransferPool(jobs, sink)
     with store.lease():
         for digest, desc in blobs.items():
             if store.blobs.has(digest):
@@ -155,7 +134,7 @@ def _pull(
                 sink.note(f"{digest.short}: foreign layer not fetched (urls: {desc.urls[0]})")
                 continue
             key = str(digest)
-            advance = sink.task(key, f"{digest.short}", desc.size)
+            advance = pool.task(key, digest.short, desc.size)
             url = desc.urls[0] if MediaType.is_foreign(desc.media_type) and desc.urls else None
 
             def fetch(
@@ -168,10 +147,10 @@ def _pull(
                 sink.finish(key, "done")
                 return None
 
-            tasks.append((key, fetch))
+            pool.add(key, fetch)
             result.fetched += 1
             result.bytes += desc.size
-        run_parallel(jobs, tasks, sink)
+        pool.run()
         for desc, raw in documents:
             store.blobs.put_bytes(raw, desc.digest)
         for digest in (*blobs, *(d.digest for d, _ in documents)):

@@ -22,8 +22,9 @@ from layerstore.manifest import Index, Manifest, parse_document
 from layerstore.store import Store
 from registry.client import Client
 from registry.errors import RegistryError
+from registry.parallel import TransferPool
 from registry.progress import ProgressSink
-from registry.pull import DEFAULT_JOBS, run_parallel
+from registry.pull import DEFAULT_JOBS
 from registry.reference import Reference
 
 
@@ -144,12 +145,12 @@ def _push(
         if not store_blobs.has(digest):
             raise BlobNotFound(f"cannot push {desc.digest}: blob {digest} is not stored locally")
 
-    tasks: list[tuple[str, Callable[[], object]]] = []
+    pool = TransferPool(jobs, sink)
     lock = threading.Lock()
     for digest in blobs:
         key = str(digest)
         size = store_blobs.size(digest)
-        advance = sink.task(key, digest.short, size)
+        advance = pool.task(key, digest.short, size)
 
         def upload(
             digest: Digest = digest,
@@ -176,8 +177,8 @@ def _push(
             sink.finish(key, how if how != "uploaded" else "done")
             return None
 
-        tasks.append((key, upload))
-    run_parallel(jobs, tasks, sink)
+        pool.add(key, upload)
+    pool.run()
 
     for i, (d, raw) in enumerate(documents):
         last = i == len(documents) - 1
