@@ -117,7 +117,6 @@ class FastParser:
 
     def __init__(self, lark: Lark, start: str) -> None:
         table = lark.parser.parser.parser.parse_table
-        self.states = table.states
         self.start_state = table.start_states[start]
         self.end_state = table.end_states[start]
         terminals = {t.name: t for t in lark.terminals}
@@ -127,10 +126,13 @@ class FastParser:
             return (-t.priority, -t.pattern.max_width, -len(t.pattern.value), name)
 
         compiled: dict[tuple[str, ...], Any] = {}
+        rules: dict[Any, tuple[str, int, bool, bool]] = {}
         self.scanners: dict[int, Any] = {}
         self.accepts: dict[int, frozenset[str]] = {}
-        self.rules: dict[Any, tuple[str, int, bool, bool]] = {}
-        for state, actions in self.states.items():
+        # actions[state][symbol]: an int is "shift to / go to that state"; a tuple is
+        # "reduce by a rule" as (rule name, symbol count, inlined?, children need no pass?)
+        self.actions: dict[int, dict[str, int | tuple[str, int, bool, bool]]] = {}
+        for state, actions in table.states.items():
             names = tuple(sorted((n for n in actions if n in terminals), key=order))
             if names not in compiled:
                 alternatives = "|".join(
@@ -139,18 +141,24 @@ class FastParser:
                 compiled[names] = re.compile(alternatives).match if names else None
             self.scanners[state] = compiled[names]
             self.accepts[state] = frozenset(names)
-            for action, arg in actions.values():
-                if action is Reduce and arg not in self.rules:
+            row: dict[str, int | tuple[str, int, bool, bool]] = {}
+            for symbol, (action, arg) in actions.items():
+                if action is Shift:
+                    row[symbol] = int(arg)
+                    continue
+                assert action is Reduce
+                if arg not in rules:
                     name = str(arg.origin.name)
                     # children need a pass only if the rule has filtered tokens (_NL) or
                     # inlined rules among its symbols
                     plain = not any(sym.name.startswith("_") for sym in arg.expansion)
-                    self.rules[arg] = (name, len(arg.expansion), name.startswith("_"), plain)
+                    rules[arg] = (name, len(arg.expansion), name.startswith("_"), plain)
+                row[symbol] = rules[arg]
+            self.actions[state] = row
 
     def parse(self, text: str) -> Branch:
-        states = self.states
+        actions = self.actions
         scanners = self.scanners
-        rules = self.rules
         state_stack = [self.start_state]
         values: list[Any] = []
         pos = 0
@@ -158,65 +166,105 @@ class FastParser:
         line = 1
         line_start = 0
         end_state = self.end_state
+        state = self.start_state
         while True:
-            state = state_stack[-1]
             if pos < n:
                 scan = scanners[state]
                 match = scan(text, pos) if scan is not None else None
                 if match is None:
-                    rest = text[pos : text.find("\n", pos) if "\n" in text[pos:] else n]
-                    word = rest.lstrip()
-                    blanks = len(rest) - len(word)
-                    raise GrammarError(
-                        line,
-                        pos - line_start + 1 + blanks,
-                        word.split()[0] if word.split() else "end of line",
-                        self.accepts[state],
-                    )
+                    raise self._unexpected_text(text, pos, line, line_start, state)
                 kind = match.lastgroup
-                value = match.group()
-                token: Tok | None = None if kind[0] == "_" else Tok(kind, value, pos, line)
                 start = pos
                 pos = match.end()
+                token: Tok | None = None
+                if kind[0] != "_":
+                    token = Tok(kind, text[start:pos], start, line)
             else:
-                kind, value, token, start = "$END", "", None, pos
+                kind, token, start = "$END", None, pos
+            row = actions[state]
             while True:
-                action = states[state].get(kind)
-                if action is None:
-                    seen = value.strip() or "end of line"
-                    column = start - line_start + 1 + (len(value) - len(value.lstrip()))
-                    raise GrammarError(line, column, seen, self.accepts[state])
-                if action[0] is Shift:
-                    state_stack.append(action[1])
+                act: Any = row.get(kind)
+                if type(act) is int:
+                    state_stack.append(act)
                     values.append(token)
+                    state = act
                     break
-                name, size, inline, plain = rules[action[1]]
+                if act is None:
+                    raise self._unexpected_token(text, start, pos, line, line_start, state)
+                name, size, inline, plain = act
+                children: list[Any]
                 if size:
                     children = values[-size:]
                     del values[-size:]
                     del state_stack[-size:]
                     if not plain:
-                        taken, children = children, []
-                        for item in taken:
-                            if item is None:
-                                continue
-                            if type(item) is _Inline:
-                                children.extend(item)
-                            else:
-                                children.append(item)
+                        children = self._splice(children)
                 else:
                     children = []
-                result: Any = _Inline(children) if inline else Branch(name, children)
-                goto = states[state_stack[-1]][name]
-                state_stack.append(goto[1])
+                result: Any
+                if not inline:
+                    result = Branch(name, children)
+                elif type(children) is _Inline:
+                    result = children
+                else:
+                    result = _Inline(children)
+                goto = actions[state_stack[-1]][name]
+                assert type(goto) is int
+                state = goto
+                state_stack.append(state)
                 values.append(result)
-                state = state_stack[-1]
                 if kind == "$END" and state == end_state:
-                    result_tree: Branch = values[-1]
-                    return result_tree
+                    tree: Branch = result
+                    return tree
+                row = actions[state]
             if kind == "_NL":
                 line += 1
                 line_start = pos
+
+    @staticmethod
+    def _splice(taken: list[Any]) -> list[Any]:
+        """Drop filtered tokens and splice inlined rules' children.
+
+        A left-recursive list rule (``_line*``) hands its growing list back as its first
+        child; extending that list in place keeps long lists linear, as Lark does.
+        """
+        first = taken[0]
+        children: list[Any]
+        if type(first) is _Inline:
+            children = first
+            rest = taken[1:]
+        else:
+            children = _Inline()
+            rest = taken
+        for item in rest:
+            if item is None:
+                continue
+            if type(item) is _Inline:
+                children.extend(item)
+            else:
+                children.append(item)
+        return children
+
+    def _unexpected_text(
+        self, text: str, pos: int, line: int, line_start: int, state: int
+    ) -> GrammarError:
+        end = text.find("\n", pos)
+        rest = text[pos : end if end >= 0 else len(text)]
+        word = rest.lstrip()
+        return GrammarError(
+            line,
+            pos - line_start + 1 + len(rest) - len(word),
+            word.split()[0] if word.split() else "end of line",
+            self.accepts[state],
+        )
+
+    def _unexpected_token(
+        self, text: str, start: int, end: int, line: int, line_start: int, state: int
+    ) -> GrammarError:
+        value = text[start:end]
+        seen = value.strip() or "end of line"
+        column = start - line_start + 1 + (len(value) - len(value.lstrip()))
+        return GrammarError(line, column, seen, self.accepts[state])
 
 
 @functools.cache
