@@ -431,6 +431,22 @@ class ImageStore:
                 (str(Digest.of(data)),),
             )
 
+    def reconcile(self) -> builtins.list[str]:
+        """Bring ``index.json`` and the database together when a store is opened.
+
+        Adopts what another tool added (:meth:`adopt_external`), and rewrites a file left
+        stale by a process killed between its database change and its ``index.json``
+        rewrite. Returns the adopted names.
+        """
+        adopted = self.adopt_external()
+        try:
+            on_disk = (self.root / "index.json").read_bytes()
+        except FileNotFoundError:
+            on_disk = b""
+        if on_disk != self.index_document():
+            self.sync_index()
+        return adopted
+
     def adopt_external(self) -> builtins.list[str]:
         """Take in images another tool added to ``index.json``; returns the adopted names.
 

@@ -92,8 +92,9 @@ class Store:
         self._leases = threading.local()  # leases this thread holds (gc here would deadlock)
         # Temp files of writers killed earlier; live writers hold their locks and are skipped.
         self.blobs.clean_ingest()
-        # Images another tool wrote into the layout (skopeo copy … oci:<store>:<name>).
-        self.images.adopt_external()
+        # Images another tool wrote into the layout (skopeo copy … oci:<store>:<name>), and
+        # an index.json a killed process left behind its database.
+        self.images.reconcile()
 
     @classmethod
     def open(cls, root: Path | None = None) -> Store:

@@ -294,3 +294,18 @@ def test_gc_running_beside_writers_never_breaks_an_image(tmp_path: Path) -> None
         for layer in img.manifest.layers:
             assert store.blobs.verify(layer.digest)
     store.close()
+
+
+def test_clean_ingest_ages_out_unlocked_new_files_only(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path)
+    blobs.ingest_dir.mkdir(parents=True)
+    old = blobs.ingest_dir / "aaaa.new"
+    fresh = blobs.ingest_dir / "bbbb.new"
+    unrelated = blobs.ingest_dir / "notes.txt"
+    for p in (old, fresh, unrelated):
+        p.write_bytes(b"x")
+    past = time.time() - 3600
+    os.utime(old, (past, past))
+    # A .new file exists only between create and lock: young ones may belong to a live writer.
+    assert blobs.clean_ingest() == [old]
+    assert sorted(_ingest_files(blobs)) == ["bbbb.new", "notes.txt"]

@@ -527,3 +527,24 @@ def test_cli_images_empty_store_header_matches_docker(store_root: Path) -> None:
     assert result.exit_code == 0
     # Byte for byte what `docker images` prints for an empty store (tabwriter 10/1/3).
     assert result.output == "REPOSITORY   TAG       IMAGE ID   CREATED   SIZE\n"
+
+
+def test_open_repairs_index_json_left_stale_by_a_killed_process(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s")
+    m = make_image(store, {"a": b"1"})
+    store.images.add(m.descriptor())
+    # The database changed but the process died before rewriting index.json.
+    with store.db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO tags(name, digest, tagged) VALUES (?, ?, ?)",
+            ("localhost/app:1", str(m.digest), 0.0),
+        )
+    assert store.check() == ["index.json differs from the database"]
+    store.close()
+    reopened = Store.open(tmp_path / "s")
+    assert reopened.check() == []
+    index = json.loads((reopened.root / "index.json").read_bytes())
+    assert [e.get("annotations", {}).get(REF_NAME) for e in index["manifests"]] == [
+        "localhost/app:1"
+    ]
+    reopened.close()
