@@ -1695,7 +1695,15 @@ class _Apply:
         dfd, dcanon = found
         try:
             if self.r.overlay_form:
-                os.setxattr(dfd, self.r.opaque_xattr, b"y")
+                try:
+                    os.setxattr(dfd, self.r.opaque_xattr, b"y")
+                except PermissionError:
+                    if self.r.opaque_xattr == "user.overlay.opaque":
+                        raise
+                    # root of a user namespace: trusted.* is not ours to set; a
+                    # "userxattr" overlay mount reads user.overlay.* instead
+                    self.r.opaque_xattr = "user.overlay.opaque"
+                    os.setxattr(dfd, self.r.opaque_xattr, b"y")
             else:
                 self._clear_lower(dfd, dcanon)
             self.stats.opaque_dirs += 1

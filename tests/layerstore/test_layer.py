@@ -729,6 +729,43 @@ def test_apply_in_user_namespace_tolerates_unmapped_ids(tmp_path: Path, blobs: B
     assert (out / "f").read_bytes() == b"x" and oct(os.stat(out / "f").st_mode & 0o777) == "0o640"
 
 
+def test_overlay_form_in_user_namespace_uses_user_xattrs(tmp_path: Path, blobs: BlobStore) -> None:
+    """Rootless snapshots: 0/0 whiteouts still work, opaque dirs get user.overlay.opaque."""
+    if not shutil.which("unshare"):
+        pytest.skip("needs util-linux unshare")
+    entries = [LayerEntry("d", kind="dir"), LayerEntry("d", kind="opaque"),
+               LayerEntry("gone", kind="whiteout"), LayerEntry("d/f", content=b"x")]  # fmt: skip
+    layer = write_layer_from_entries(entries, blobs)
+    blob = tmp_path / "layer.bin"
+    shutil.copyfile(blobs.path(layer.digest), blob)
+    snap = tmp_path / "snap"
+    script = (
+        "import sys; from pathlib import Path; from layerstore.layer import LayerReader\n"
+        "LayerReader(overlay_form=True).apply(Path(sys.argv[1]), Path(sys.argv[2]))\n"
+    )
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            sys.executable,
+            "-c",
+            script,
+            str(blob),
+            str(snap),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    if proc.returncode != 0 and "unshare failed" in proc.stderr:
+        pytest.skip(f"user namespaces unavailable: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    assert os.listxattr(snap / "d") == ["user.overlay.opaque"]
+    st = os.lstat(snap / "gone")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
 # ---------------------------------------------------------------------------------------
 # A real overlayfs upperdir
 # ---------------------------------------------------------------------------------------
