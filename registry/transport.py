@@ -540,12 +540,16 @@ class Transport:
         follow_redirects: bool,
     ) -> httpx.Response:
         hdrs = dict(headers or {})
-        if self.auth is not None:
+        foreign = urlsplit(url).netloc != self.host
+        if self.auth is not None and not foreign:
             value = self.auth.header(scopes, self)
             if value:
                 hdrs["Authorization"] = value
         body = content() if callable(content) else content
-        client = self._client(urlsplit(url).scheme or self.scheme)
+        # A URL on another host (a foreign layer's ``urls``) never gets registry credentials.
+        client = (
+            self._foreign_client() if foreign else self._client(urlsplit(url).scheme or self.scheme)
+        )
         request = client.build_request(method, url, headers=hdrs, params=params, content=body)
         response = client.send(request, stream=True)
         hops = 0

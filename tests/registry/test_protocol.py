@@ -89,17 +89,19 @@ def test_next_link(header: str | None, expected: str | None) -> None:
 
 
 @pytest.mark.registry
-def test_foreign_layers_are_not_pushed_or_fetched(
-    plain_registry: RegistryServer, client_env: Path
+def test_foreign_layers_are_not_pushed_or_fetched_unless_allowed(
+    plain_registry: RegistryServer, fault_proxy: FaultProxy, client_env: Path
 ) -> None:
     store = Store.open()
     image = build_image(store, "local/base:1")
     own = Manifest.from_bytes(image.manifest)
+    foreign_bytes = b"a base layer that lives elsewhere" * 10
+    fault_proxy.storage["/storage/base.tar.gz"] = foreign_bytes
     foreign = Descriptor(
         MediaType.DOCKER_FOREIGN_LAYER,
-        Digest.of(b"a windows base layer we do not have"),
-        1234,
-        urls=("https://example.invalid/layer.tar.gz",),
+        Digest.of(foreign_bytes),
+        len(foreign_bytes),
+        urls=(f"http://localhost:{fault_proxy.host.rsplit(':', 1)[1]}/storage/base.tar.gz",),
     )
     config = store.blobs.read_bytes(own.config.digest)
     manifest = Manifest.build(
@@ -120,6 +122,10 @@ def test_foreign_layers_are_not_pushed_or_fetched(
     assert pulled.foreign == 1 and pulled.fetched == 2
     assert not dst.blobs.has(foreign.digest)
     assert dst.blobs.read_bytes(manifest.digest) == manifest.to_bytes()
+    allowed = Store.open(client_env / "allowed")
+    assert pull(ref, allowed, allow_foreign=True).fetched == 3
+    assert allowed.blobs.read_bytes(foreign.digest) == foreign_bytes
+    assert fault_proxy.storage_requests and "Authorization" not in fault_proxy.storage_requests[0]
 
 
 def test_insecure_registries_from_docker_and_containers_config(
