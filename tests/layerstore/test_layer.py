@@ -276,6 +276,69 @@ def test_tar_headers_are_normalised(tmp_path: Path, blobs: BlobStore) -> None:
     assert raw.endswith(bytes(1024)) and len(raw) % 512 == 0
 
 
+@pytest.mark.parametrize(
+    ("fields", "pax_keys"),
+    [
+        ({"name": b"plain", "size": 3}, set()),
+        ({"name": b"n" * 101}, {"path"}),
+        ({"name": "ünï".encode()}, {"path"}),
+        ({"name": b"bad-\xff-utf8"}, {"path", "hdrcharset"}),
+        ({"name": b"l", "typeflag": b"2", "linkname": b"t" * 150}, {"linkpath"}),
+        ({"name": b"big", "size": 9 << 30}, {"size"}),
+        ({"name": b"ids", "uid": 1 << 21, "gid": 1 << 30}, {"uid", "gid"}),
+        ({"name": b"old", "mtime": -86400}, {"mtime"}),
+        (
+            {"name": b"x", "xattrs": [("security.capability", b"\x01\x00\x00\x02" + bytes(16))]},
+            {"SCHILY.xattr.security.capability"},
+        ),
+    ],
+    ids=[
+        "ustar",
+        "long",
+        "unicode",
+        "binary",
+        "longlink",
+        "8gib",
+        "ids",
+        "negative-mtime",
+        "xattr",
+    ],
+)
+def test_header_encoding(fields: dict[str, Any], pax_keys: set[str]) -> None:
+    """Our headers as GNU/PAX readers see them: PAX records exactly when a field needs one."""
+    from layerstore.layer import TarStreamReader, _TarEntry
+
+    base: dict[str, Any] = {"typeflag": b"0", "mode": 0o644, "uid": 0, "gid": 0, "mtime": 5}
+    entry = _TarEntry(**{**base, **fields})
+    raw = entry.headers()
+    assert len(raw) % 512 == 0
+    size = entry.size
+    if size and size < 1 << 20:
+        raw += bytes(size) + bytes(-size % 512)
+    with tarfile.open(fileobj=io.BytesIO(raw + bytes(1024)), mode="r|") as tf:
+        info = tf.next()
+        assert info is not None
+        assert set(info.pax_headers) == pax_keys
+        assert os.fsencode(info.name) == entry.name
+        assert (info.size, info.uid, info.gid, int(info.mtime)) == (
+            size,
+            entry.uid,
+            entry.gid,
+            entry.mtime,
+        )
+        assert os.fsencode(info.linkname) == entry.linkname
+    [ours] = list(TarStreamReader(io.BytesIO(raw + bytes(1024)))) if size < 1 << 20 else [None]
+    if ours is not None:
+        assert (os.fsencode(ours.name), ours.size, ours.uid, ours.gid, ours.mtime) == (
+            entry.name,
+            size,
+            entry.uid,
+            entry.gid,
+            entry.mtime,
+        )
+        assert ours.xattrs == (entry.xattrs or [])
+
+
 # ---------------------------------------------------------------------------------------
 # Reproducibility
 # ---------------------------------------------------------------------------------------
