@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from layerstore.canonicaljson import canonical_json
@@ -426,7 +427,7 @@ class ImageConfig:
     def to_bytes(self) -> bytes:
         return self.raw
 
-    @property
+    @cached_property
     def digest(self) -> Digest:
         """The image ID, as ``docker images`` shows it (shortened)."""
         return Digest.of(self.raw)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from layerstore.canonicaljson import canonical_json
@@ -176,7 +177,7 @@ class Manifest:
     def to_bytes(self) -> bytes:
         return self.raw
 
-    @property
+    @cached_property
     def digest(self) -> Digest:
         return Digest.of(self.raw)
 
@@ -296,7 +297,7 @@ class Index:
     def to_bytes(self) -> bytes:
         return self.raw
 
-    @property
+    @cached_property
     def digest(self) -> Digest:
         return Digest.of(self.raw)
 
