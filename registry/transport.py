@@ -427,10 +427,13 @@ class Transport:
                     f"--insecure-registry {self.host}"
                 ) from None
             try:
-                self._client("http").get(f"http://{self.host}/v2/").close()
-                return "http"
+                answer = self._client("http").get(f"http://{self.host}/v2/")
             except httpx.HTTPError:
                 return "https"
+            if answer.status_code == 400 and b"HTTPS" in answer.content:
+                # Go's TLS servers answer plain HTTP this way: the TLS failure is the news.
+                raise TransportError(f"TLS connection to {self.host} failed: {e}") from None
+            return "http"
 
     def url(self, path: str) -> str:
         """An absolute URL for ``path`` (``/v2/...``) or a registry-relative ``Location``."""

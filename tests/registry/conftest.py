@@ -100,8 +100,8 @@ class CertificateAuthority:
         )
         return cls(cert.public_bytes(serialization.Encoding.PEM), key, cert)
 
-    def issue_server(self, hosts: list[str]) -> tuple[bytes, bytes]:
-        """(cert PEM, key PEM) for a TLS server answering on ``hosts``."""
+    def issue_server(self, hosts: list[str], *, client: bool = False) -> tuple[bytes, bytes]:
+        """(cert PEM, key PEM) for a TLS server answering on ``hosts`` (or a client)."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -124,7 +124,12 @@ class CertificateAuthority:
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+                ),
+                critical=False,
+            )
             .sign(self.key, hashes.SHA256())
         )
         key_pem = key.private_bytes(
@@ -147,7 +152,8 @@ class RegistryServer:
     scheme: str = "http"
     username: str = ""
     password: str = ""
-    certs_d: Path | None = None  # a certs.d base holding <host>/ca.crt
+    certs_d: Path | None = None  # a certs.d base holding <host>/ca.crt (+ client cert)
+    client_only_certs_d: Path | None = None  # <host>/client.cert and .key, no CA
     ca_file: Path | None = None
     token_server: TokenServer | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -171,6 +177,9 @@ class RegistryServer:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+        if self.certs_d is not None:
+            d = self.certs_d / self.host
+            ctx.load_cert_chain(str(d / "client.cert"), str(d / "client.key"))
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -252,8 +261,14 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryS
     cert, key = ca.issue_server(["127.0.0.1", "localhost"])
     (root / "server.crt").write_bytes(cert)
     (root / "server.key").write_bytes(key)
+    # The registry also demands a client certificate from the same CA (http.tls.clientcas).
+    client_cert, client_key = ca.issue_server(["pybuild-client"], client=True)
     certs_d = root / "certs.d"
-    (certs_d / host).mkdir(parents=True)
+    client_only = root / "client-only.d"
+    for base in (certs_d, client_only):
+        (base / host).mkdir(parents=True)
+        (base / host / "client.cert").write_bytes(client_cert)
+        (base / host / "client.key").write_bytes(client_key)
     (certs_d / host / "ca.crt").write_bytes(ca.cert_pem)
     (root / "ca.crt").write_bytes(ca.cert_pem)
     line = subprocess.run(
@@ -264,6 +279,7 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryS
     config["http"]["tls"] = {
         "certificate": str(root / "server.crt"),
         "key": str(root / "server.key"),
+        "clientcas": [str(root / "ca.crt")],
     }
     config["auth"] = {"htpasswd": {"realm": "pybuild-test", "path": str(root / "htpasswd")}}
     server = RegistryServer(
@@ -273,6 +289,7 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryS
         username=USER,
         password=PASSWORD,
         certs_d=certs_d,
+        client_only_certs_d=client_only,
         ca_file=root / "ca.crt",
     )
     server.start(config)

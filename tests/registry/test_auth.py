@@ -197,6 +197,8 @@ def test_tls_needs_the_ca_or_insecure(
 ) -> None:
     ref = Reference.parse(tls_registry.ref("auth/app:1"))
     creds = Credentials(username=USER, password=PASSWORD)
+    # Only the client certificate (the registry demands one), not the CA.
+    monkeypatch.setenv("PYBUILD_CERTS_D", str(tls_registry.client_only_certs_d))
     with (
         Client.for_reference(ref, credentials=creds) as client,
         pytest.raises(TransportError, match=r"certs\.d"),
@@ -206,6 +208,14 @@ def test_tls_needs_the_ca_or_insecure(
     with Client.for_reference(ref, credentials=creds, options=options) as client:
         client.ping()
         assert client.transport.scheme == "https"
+    # Without the client certificate the TLS handshake itself is refused.
+    monkeypatch.setenv("PYBUILD_CERTS_D", str(client_env / "nothing"))
+    options = TransportOptions.from_env(insecure=[tls_registry.host])
+    with (
+        Client.for_reference(ref, credentials=creds, options=options) as client,
+        pytest.raises(TransportError),
+    ):
+        client.ping()
 
 
 @pytest.mark.registry
