@@ -163,15 +163,15 @@ class SyntaxPass:
         out: list[Node] = []
         lines = self.source.lines
         first = self.first_line
+        node = self.node
         for part in tree.children:
-            if not isinstance(part, Tree) or part.data == "directive":
+            if type(part) is not Tree or part.data == "directive":
                 continue
             # preamble and stage hold instruction trees directly
             for child in part.children:
-                if isinstance(child, Tree):
+                if type(child) is Tree:
                     head = child.children[0]
-                    assert isinstance(head, Token)
-                    out.append(self.node(child, lines[(head.line or 1) - first]))
+                    out.append(node(child, lines[head.line - first]))  # type: ignore[union-attr]
         return out
 
     def node(self, tree: Tree, line: LogicalLine) -> Node:
@@ -184,7 +184,7 @@ class SyntaxPass:
         rest = children[1:]
         if rest:
             first = rest[0]
-            if isinstance(first, Tree) and first.data.endswith("_flags"):
+            if type(first) is Tree and first.data.endswith("_flags"):
                 flags = tuple(
                     unquote_flag(t.value.lstrip())
                     for t in first.children
@@ -210,16 +210,8 @@ class SyntaxPass:
                 args, json_form = self.values(keyword, rest, line.span)
             if line.heredocs and rule in ("run", "copy", "add") and not json_form:
                 heredocs = line.heredocs
-        return Node(
-            keyword=keyword,
-            span=line.span,
-            flags=flags,
-            args=args,
-            json_form=json_form,
-            heredocs=heredocs,
-            trigger=trigger,
-            original=line.text,
-        )
+        # positional: this runs once per instruction and keyword arguments cost
+        return Node(keyword, line.span, flags, args, json_form, heredocs, trigger, line.text)
 
     def values(
         self, keyword: str, rest: list[Tree | Token], span: Span
@@ -245,9 +237,9 @@ class SyntaxPass:
                 key, _, value = str(token).lstrip().partition("=")
                 out += (key, value)
             return tuple(out), False
-        if kind in ("TEXT", "COMMAND_TEXT"):
+        if kind == "COMMAND_TEXT" or kind == "TEXT":
             value = first.value.strip()
-            if keyword in _MAYBE_JSON:
+            if value[0] == "[" and keyword in _MAYBE_JSON:
                 self.check_json_like(keyword, value, span)
             return (value,), False
         if kind == "WORD" and keyword == "VOLUME" and first.value.lstrip().startswith("["):
@@ -401,6 +393,10 @@ class FlagValues:
     def strings(self, name: str) -> list[str]:
         value = self.values.get(name)
         return value if isinstance(value, list) else []
+
+
+_NO_FLAGS: dict[str, str] = {}
+_EMPTY_FLAGS = FlagValues(Node("", Span("", 0, 0)), _NO_FLAGS)
 
 
 def _err(cls: type[DockerfileError], node: Node, message: str) -> DockerfileError:
@@ -596,7 +592,7 @@ def typed_instruction(node: Node, *, in_onbuild: bool = False) -> ins.Instructio
         if hint:
             message += f" (did you mean {hint}?)"
         raise _err(UnknownInstructionError, node, message)
-    flags = FlagValues(node, FLAGS.get(kw, {}))
+    flags = FlagValues(node, FLAGS.get(kw, _NO_FLAGS)) if node.flags else _EMPTY_FLAGS
     args = node.args
     if kw == "FROM":
         # The grammar guarantees one word or "image AS name".
