@@ -42,11 +42,6 @@ DOCKER_REGISTRY = shutil.which("docker-registry")
 HTPASSWD = shutil.which("htpasswd")
 USER, PASSWORD = "alice", "s3cret-pw"
 
-needs_registry = pytest.mark.skipif(
-    DOCKER_REGISTRY is None,
-    reason="docker-registry not installed (apt-get install docker-registry)",
-)
-
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -142,3 +142,28 @@ def test_bad_input_is_reported(
     assert code in (1, 2)
     assert message in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["tls", "token"])
+def test_login_with_password_stdin(
+    kind: str,
+    request: pytest.FixtureRequest,
+    client_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import io
+
+    srv: RegistryServer = request.getfixturevalue(f"{kind}_registry")
+    if srv.certs_d is not None:
+        monkeypatch.setenv("PYBUILD_CERTS_D", str(srv.certs_d))
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    code, out, err = run(["login", f"https://{srv.host}/", "-u", USER, "--password-stdin"], capsys)
+    assert code == 0, err
+    assert "Login succeeded" in out
+    monkeypatch.setattr("sys.stdin", io.StringIO("not-it\n"))
+    code, _, err = run(["login", srv.host, "-u", USER, "--password-stdin"], capsys)
+    assert code == 1 and "wrong username or password" in err
+    # The failed attempt left the saved (good) credentials alone.
+    saved = json.loads((client_env / "docker" / "config.json").read_text())["auths"]
+    assert srv.host in saved
