@@ -358,7 +358,10 @@ def parse_created(text: str | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class ImageConfig:
-    """An image configuration (Docker-compatible superset of the OCI image config)."""
+    """An image configuration (Docker-compatible superset of the OCI image config).
+
+    Equality includes the encoded bytes, as for manifests: equal configs have equal digests.
+    """
 
     architecture: str = "amd64"
     os: str = "linux"
@@ -371,7 +374,7 @@ class ImageConfig:
     rootfs: RootFS = field(default_factory=RootFS)
     history: tuple[History, ...] = ()
     extra: Extra = ()
-    raw: bytes = field(default=b"", repr=False, compare=False)
+    raw: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if not self.raw:
