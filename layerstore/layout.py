@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
+from layerstore.blobs import BlobStore, fsync_dir
 from layerstore.canonicaljson import canonical_json
 from layerstore.config import ImageConfig
 from layerstore.descriptor import Descriptor, MediaType, Platform
@@ -399,8 +400,6 @@ def save_layout_dir(store: Store, images: list[ExportImage], dest: Path) -> None
     Blobs are written atomically and verified, like the store's own; ``index.json`` keeps
     entries for other names and replaces those with a name written now.
     """
-    from layerstore.blobs import BlobStore, fsync_dir
-
     dest = Path(dest)
     if not images:
         raise ArchiveError("no images to save")
@@ -435,7 +434,13 @@ def save_layout_dir(store: Store, images: list[ExportImage], dest: Path) -> None
         if not image.names:
             entries.append(Descriptor(base.media_type, base.digest, base.size).to_json())
     written = {e.get("annotations", {}).get(REF_NAME) for e in entries} - {None}
-    kept = [e for e in existing if (e.get("annotations") or {}).get(REF_NAME) not in written]
+    unnamed = {e["digest"] for e in entries if REF_NAME not in e.get("annotations", {})}
+    kept = [
+        e
+        for e in existing
+        if (e.get("annotations") or {}).get(REF_NAME) not in written
+        and not (REF_NAME not in (e.get("annotations") or {}) and e.get("digest") in unnamed)
+    ]
     with contextlib.suppress(OSError):
         out.ingest_dir.rmdir()
     layout = dest / "oci-layout"
