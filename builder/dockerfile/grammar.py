@@ -166,7 +166,7 @@ class FastParser:
         line = 1
         line_start = 0
         end_state = self.end_state
-        state = self.start_state
+        state: Any = self.start_state
         while True:
             if pos < n:
                 scan = scanners[state]
@@ -208,12 +208,10 @@ class FastParser:
                     result = children
                 else:
                     result = _Inline(children)
-                goto = actions[state_stack[-1]][name]
-                assert type(goto) is int
-                state = goto
+                state = actions[state_stack[-1]][name]  # a goto: always an int
                 state_stack.append(state)
                 values.append(result)
-                if kind == "$END" and state == end_state:
+                if state == end_state and kind == "$END":
                     tree: Branch = result
                     return tree
                 row = actions[state]
