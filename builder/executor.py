@@ -179,14 +179,6 @@ class Executor:
     def run(self) -> dict[int, StageResult]:
         try:
             with self.store.lease():
-                if any(
-                    isinstance(i, ins.Run)
-                    for node in self.plan.needed()
-                    for i in node.stage.instructions
-                ):
-                    from builder.sandbox import check_sandbox_support
-
-                    check_sandbox_support()
                 jobs = max(1, self.options.jobs)
                 with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as pool:
                     for level in self.plan.levels:
@@ -614,6 +606,9 @@ class Executor:
         )
         if self._lookup(key, state, event):
             return True, None
+        from builder.sandbox import check_sandbox_support
+
+        check_sandbox_support()  # once per process: names the missing kernel feature
         binds: list[Any] = []
         tmpfs: list[Any] = []
         private = self.scratch.directory("run-")
