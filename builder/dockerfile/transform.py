@@ -531,6 +531,8 @@ def parse_mount(spec: str, node: Node) -> MountSpec:
 
 def _csv_fields(spec: str) -> list[str]:
     """Go's encoding/csv on one record: commas separate, double quotes group."""
+    if '"' not in spec:
+        return [f for f in spec.split(",") if f]
     out: list[str] = []
     field: list[str] = []
     quoted = False
