@@ -85,6 +85,12 @@ def _outline(dockerfile: Any, plan: Any) -> str:
             text = instruction.node.original
             if len(text) > 100:
                 text = text[:97] + "..."
+            heredocs = instruction.node.heredocs or (
+                instruction.node.trigger.heredocs if instruction.node.trigger else ()
+            )
+            if heredocs:
+                names = ", ".join(h.name for h in heredocs)
+                text += f"   [heredoc: {names}]"
             lines.append(f"{instruction.line:>4}  {text}")
     levels = " | ".join(", ".join(map(str, level)) for level in plan.levels)
     lines.append(f"plan: target stage {plan.target}; levels (parallel within a level): {levels}")

@@ -135,3 +135,9 @@ def test_stage_error_carries_location() -> None:
 def test_blank_base_is_an_error() -> None:
     with pytest.raises(DockerfileError, match=r"base name \(\$\{EMPTY\}\) should not be blank"):
         plan("ARG EMPTY=\nFROM ${EMPTY}\n")
+
+
+def test_expansion_error_in_from_names_the_line() -> None:
+    with pytest.raises(DockerfileError) as info:
+        plan("FROM alpine\nFROM ${X:?set X first}\n".replace("set X first", "set_X"))
+    assert str(info.value) == 'Dockerfile:2: failed to process "${X:?set_X}": X: set_X'
