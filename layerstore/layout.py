@@ -800,7 +800,7 @@ def export_images(store: Store, refs: Iterable[str]) -> list[ExportImage]:
     saved under that name; an ID or digest is saved without names."""
     out: list[ExportImage] = []
     names = set(store.images.names())
-    for ref in refs:
+    for ref in dict.fromkeys(refs):  # a ref given twice is saved once
         desc = store.images.resolve(ref)
         out.append(ExportImage(desc, (ref,) if ref in names else ()))
     if not out:

@@ -107,7 +107,15 @@ def test_docker_archive_is_docker25_dual_form(
     store.images.tag("docker.io/library/app:1.2", m.descriptor())
     store.images.tag("127.0.0.1:5000/team/app:latest", m.descriptor())
     out = tmp_path / "app.tar"
-    images = export_images(store, ["docker.io/library/app:1.2", "127.0.0.1:5000/team/app:latest"])
+    images = export_images(
+        store,
+        [
+            "docker.io/library/app:1.2",
+            "127.0.0.1:5000/team/app:latest",
+            "docker.io/library/app:1.2",
+        ],
+    )
+    assert len(images) == 2
     save_to_path(
         store, images, out, format="docker", familiar=lambda n: n.replace("docker.io/library/", "")
     )
