@@ -262,6 +262,17 @@ class Client:
             raise DigestMismatch(desc.digest, actual, what=f"blob of {ref.name}")
         return data
 
+    def open_blob(self, ref: Reference, desc: Descriptor) -> BlobReader:
+        """A readable stream of a blob, verified when it reaches its end (for copies)."""
+        response = self.transport.request(
+            "GET",
+            f"/v2/{ref.repository}/blobs/{desc.digest}",
+            scopes=self._pull(ref),
+            stream=True,
+            what=f"blob {desc.digest.short} of {ref.name}",
+        )
+        return BlobReader(response, desc, f"blob of {ref.name}", self.transport.host)
+
     def fetch_blob(
         self,
         ref: Reference,
@@ -427,11 +438,13 @@ class Client:
         mount_from: tuple[str, ...] = (),
         progress: Progress = _noop,
         check_exists: bool = True,
+        whole: bool = False,
     ) -> str:
         """Make ``digest`` exist in ``ref``'s repository; returns how.
 
         ``"exists"`` (HEAD found it), ``"mounted"`` (cross-repository mount), or
-        ``"uploaded"``. Small blobs are sent as POST + one PUT; large ones as PATCH chunks
+        ``"uploaded"``. Small blobs (and, with ``whole``, streams that cannot seek) are sent
+        as POST + one PUT; large ones as PATCH chunks
         that resume from the registry's ``Range`` after a broken connection. A session
         whose commit failed is abandoned and a new one started (distribution drops it).
         """
@@ -459,7 +472,7 @@ class Client:
             if location is None:
                 location = self.start_upload(ref)
             try:
-                if size <= MONOLITHIC_MAX:
+                if whole or size <= MONOLITHIC_MAX:
                     self._put_whole(ref, location, digest, size, opener, progress)
                 else:
                     self._put_chunked(ref, location, digest, size, opener, progress)
@@ -601,6 +614,40 @@ class Client:
 
 
 _HTTP_ERRORS = (httpx.HTTPError, TransportError)
+
+
+class BlobReader:
+    """A file-like view of a streamed blob response that checks size and digest at EOF."""
+
+    def __init__(self, response: httpx.Response, desc: Descriptor, what: str, host: str) -> None:
+        self._response = response
+        self._chunks = response.iter_raw()
+        self._hasher = desc.digest.hasher()
+        self.desc = desc
+        self.what = what
+        self.host = host
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            block = next(self._chunks, b"")
+        except httpx.HTTPError as e:
+            raise TransportError(f"download of {self.what} from {self.host} broke: {e}") from None
+        if block:
+            self._hasher.update(block)
+            return block
+        actual = self._hasher.digest()
+        if actual != self.desc.digest:
+            raise DigestMismatch(self.desc.digest, actual, what=self.what)
+        return b""
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> BlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _range_starts_at(response: httpx.Response, offset: int) -> bool:

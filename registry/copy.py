@@ -3,21 +3,17 @@
 Documents keep their exact bytes, so digests survive the copy. Blobs the destination
 already has are skipped; within one registry they are mounted from the source repository
 (no bytes move, which is also how a remote ``tag`` works); across registries each blob is
-spooled to a temporary file while its digest is verified and then uploaded, blob by blob,
-in parallel.
+streamed from the source's GET straight into one PUT to the destination, its digest checked
+on the way, blob by blob, in parallel.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from layerstore.blobs import BlobStore
 from layerstore.descriptor import Descriptor, MediaType, Platform
 from layerstore.digest import Digest
 from layerstore.manifest import Index, Manifest
@@ -89,8 +85,6 @@ def copy_image(
     lock = threading.Lock()
     pool = TransferPool(jobs, sink)
     if not same_repo:
-        spool_dir = tempfile.mkdtemp(prefix="pybuild-copy-")
-        spool = BlobStore(Path(spool_dir))
         for digest, d in blobs.items():
             key = str(digest)
             advance = pool.task(key, digest.short, d.size)
@@ -98,7 +92,7 @@ def copy_image(
             def one(
                 d: Descriptor = d, advance: Callable[[int], None] = advance, key: str = key
             ) -> object:
-                how = _copy_blob(src, dst, d, src_client, dst_client, spool, same_registry, advance)
+                how = _copy_blob(src, dst, d, src_client, dst_client, same_registry, advance)
                 with lock:
                     if how == "uploaded":
                         result.copied += 1
@@ -111,10 +105,7 @@ def copy_image(
                 return None
 
             pool.add(key, one)
-        try:
-            pool.run()
-        finally:
-            shutil.rmtree(spool_dir, ignore_errors=True)
+        pool.run()
     for i, doc in enumerate(documents):
         last = i == len(documents) - 1
         target = dst if last else dst.repo().with_digest(doc.digest)
@@ -131,7 +122,6 @@ def _copy_blob(
     d: Descriptor,
     src_client: Client,
     dst_client: Client,
-    spool: BlobStore,
     same_registry: bool,
     advance: Callable[[int], None],
 ) -> str:
@@ -139,8 +129,8 @@ def _copy_blob(
         advance(d.size)
         return "exists"
     if same_registry:
-        return _mount_or_stream(src, dst, d, src_client, dst_client, spool, advance)
-    return _stream(src, dst, d, src_client, dst_client, spool, advance)
+        return _mount_or_stream(src, dst, d, src_client, dst_client, advance)
+    return _stream(src, dst, d, src_client, dst_client, advance)
 
 
 def _mount_or_stream(
@@ -149,7 +139,6 @@ def _mount_or_stream(
     d: Descriptor,
     src_client: Client,
     dst_client: Client,
-    spool: BlobStore,
     advance: Callable[[int], None],
 ) -> str:
     location = None
@@ -160,7 +149,7 @@ def _mount_or_stream(
             return "mounted"
         # The 202 opened an upload session; it is not reused across clients, so close it.
         dst_client.cancel_upload(dst, location)
-    return _stream(src, dst, d, src_client, dst_client, spool, advance)
+    return _stream(src, dst, d, src_client, dst_client, advance)
 
 
 def _stream(
@@ -169,33 +158,15 @@ def _stream(
     d: Descriptor,
     src_client: Client,
     dst_client: Client,
-    spool: BlobStore,
     advance: Callable[[int], None],
 ) -> str:
-    half = _Half(advance)
-    src_client.fetch_blob(src, d, spool, progress=half)
-    try:
-        return dst_client.upload_blob(
-            dst,
-            d.digest,
-            d.size,
-            lambda: spool.open(d.digest),
-            progress=half,
-            check_exists=False,
-        )
-    finally:
-        spool.delete(d.digest)
-
-
-class _Half:
-    """Progress of a copy: download and upload each count for half of the bytes."""
-
-    def __init__(self, advance: Callable[[int], None]) -> None:
-        self.advance = advance
-        self.carry = 0
-
-    def __call__(self, n: int) -> None:
-        self.carry += n
-        whole, self.carry = divmod(self.carry, 2)
-        if whole:
-            self.advance(whole)
+    """GET from the source straight into one PUT to the destination (no temp file)."""
+    return dst_client.upload_blob(
+        dst,
+        d.digest,
+        d.size,
+        lambda: src_client.open_blob(src, d),  # type: ignore[arg-type,return-value]
+        progress=advance,
+        check_exists=False,
+        whole=True,
+    )

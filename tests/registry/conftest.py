@@ -554,7 +554,7 @@ class FaultProxy:
             def _handle(self) -> None:
                 method, path = self.command, self.path
                 owner.requests.append((method, path, dict(self.headers.items())))
-                fault = owner._take(method, path)
+                fault = owner._take(method, path, None)
                 if fault is not None and fault.action == "status":
                     self._body()
                     owner.hits.append((method, path, f"status {fault.status}"))
@@ -610,7 +610,9 @@ class FaultProxy:
                 resp = conn.getresponse()
                 data = resp.read()
                 conn.close()
-                if fault is not None and fault.action == "redirect" and resp.status == 200:
+                # Faults on the response body apply only to bodies long enough to break.
+                fault = owner._take(method, path, len(data)) if resp.status in (200, 206) else None
+                if fault is not None and fault.action == "redirect":
                     key = f"/storage/{secrets.token_hex(8)}"
                     owner.storage[key] = data
                     port = owner.host.rsplit(":", 1)[1]
@@ -635,9 +637,7 @@ class FaultProxy:
                     return
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if fault is None or len(data) <= fault.after_bytes:
-                    if fault is not None:  # too short to break here: keep it for the next
-                        owner._give_back(fault)
+                if fault is None:
                     owner.hits.append((method, path, "pass"))
                     self.wfile.write(data)
                     return
@@ -668,17 +668,23 @@ class FaultProxy:
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def _take(self, method: str, path: str) -> Fault | None:
+    def _take(self, method: str, path: str, body_size: int | None) -> Fault | None:
+        """A matching fault, consumed: request faults when ``body_size`` is None, else a
+        response-body fault whose position lies inside a body of that size."""
         with self._lock:
             for fault in self.faults:
-                if fault.matches(method, path):
-                    fault.times -= 1
-                    return fault
+                if not fault.matches(method, path):
+                    continue
+                upfront = fault.action in ("status", "serve") or (
+                    fault.action == "drop" and method in ("PUT", "PATCH")
+                )
+                if body_size is None and not upfront:
+                    continue
+                if body_size is not None and (upfront or body_size <= fault.after_bytes):
+                    continue
+                fault.times -= 1
+                return fault
         return None
-
-    def _give_back(self, fault: Fault) -> None:
-        with self._lock:
-            fault.times += 1
 
     def inject(self, *faults: Fault) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ from registry.pull import pull
 from registry.push import push
 from registry.reference import Reference
 
-from .conftest import FaultProxy, RegistryServer, build_image, login_env
+from .conftest import Fault, FaultProxy, RegistryServer, build_image, login_env
 
 pytestmark = pytest.mark.registry
 
@@ -99,3 +99,31 @@ def test_mount_answered_202_falls_back_to_upload(
     assert pull(Reference.parse(plain_registry.ref("mount/fallback:1")), again).fetched == 2
     second = pull(Reference.parse(plain_registry.ref("mount/fallback:1")), again)
     assert second.fetched == 0 and second.present == 2
+
+
+def test_copy_between_registries_streams_and_survives_a_drop(
+    plain_registry: RegistryServer,
+    token_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    client_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from registry.copy import copy_image
+
+    login_env(token_registry, monkeypatch, client_env)
+    store = Store.open()
+    image = build_image(store, "local/x:1", layers=[{"a": os.urandom(300_000)}, {"b": b"b"}])
+    push("local/x:1", Reference.parse(plain_registry.ref("xreg/app:1")), store)
+    fault_proxy.inject(Fault("drop", "GET", "/blobs/sha256", times=1, after_bytes=100_000))
+    src = Reference.parse(f"{fault_proxy.host}/xreg/app:1")
+    dst = Reference.parse(token_registry.ref("xreg/copied:1"))
+    with Client.for_reference(src) as sc, Client.for_reference(dst) as dc:
+        result = copy_image(src, dst, src_client=sc, dst_client=dc)
+    assert result.digest == image.digest and result.copied == 3
+    assert fault_proxy.injected()
+    check = Store.open(client_env / "check")
+    assert pull(dst, check).digest == image.digest
+    for blob in image.layers:
+        assert check.blobs.read_bytes(Digest.of(blob)) == blob
