@@ -511,7 +511,11 @@ class Transport:
             )
             if status == 401 and self.auth is not None:
                 err = self.auth.explain(err, scopes)
-            retry_after = err.retry_after if isinstance(err, RateLimited) else None
+            retry_after = (
+                err.retry_after
+                if isinstance(err, RateLimited)
+                else _parse_retry_after(response.headers.get("retry-after"))
+            )
             if (
                 retry
                 and (status in RETRY_STATUSES)

@@ -283,10 +283,16 @@ def inspect(
         manifest = doc if isinstance(doc, Manifest) else None
         if isinstance(doc, Index):
             out["Platforms"] = [str(p) for p in doc.platforms()]
-            if plat is not None or doc.platforms():
-                from layerstore.descriptor import Platform
+            from layerstore.descriptor import Platform
+            from layerstore.errors import PlatformNotFound
 
+            try:
                 entry = doc.select(plat or Platform.host())
+            except PlatformNotFound:
+                if plat is not None:
+                    raise
+                entry = None  # no manifest for this machine: show the index only
+            if entry is not None:
                 child = client.get_manifest(ref, identifier=str(entry.digest))
                 sub = parse_document(child.raw, child.media_type)
                 if isinstance(sub, Manifest):

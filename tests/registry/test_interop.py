@@ -162,11 +162,22 @@ def _multi_platform(store: Store) -> tuple[Index, dict[str, Digest]]:
     return index, by_platform
 
 
-def test_multi_platform_index(plain_registry: RegistryServer, client_env: Path) -> None:
+def test_multi_platform_index(
+    plain_registry: RegistryServer, client_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from builder.cli import main
+
     src = Store.open(client_env / "src")
     index, by_platform = _multi_platform(src)
     ref = Reference.parse(plain_registry.ref("interop/multi:1"))
     assert push("local/multi:1", ref, src).digest == index.digest
+
+    with pytest.raises(SystemExit):
+        main(["inspect", "--remote", "--platform", "linux/s390x", str(ref)])
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["Digest"] == str(index.digest)
+    assert sorted(shown["Platforms"]) == sorted(by_platform)
+    assert shown["Config"]["architecture"] == "s390x"
 
     host = Store.open(client_env / "host")
     result = pull(ref, host)
