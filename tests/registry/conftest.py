@@ -237,10 +237,12 @@ def plain_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
     root = _registry_root(tmp_path_factory, "plain")
     port = free_port()
     server = RegistryServer(f"127.0.0.1:{port}", root)
-    server.start(_base_config(root, port))
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        server.start(_base_config(root, port))
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -287,10 +289,12 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryS
         client_only_certs_d=client_only,
         ca_file=root / "ca.crt",
     )
-    server.start(config)
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        server.start(config)
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # -- token server ------------------------------------------------------------------------
@@ -472,11 +476,13 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
     server = RegistryServer(
         f"127.0.0.1:{port}", root, username=USER, password=PASSWORD, token_server=tokens
     )
-    server.start(config)
-    yield server
-    server.stop()
-    tokens.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        server.start(config)
+        yield server
+    finally:
+        server.stop()
+        tokens.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # -- fault-injecting proxy ---------------------------------------------------------------
