@@ -129,6 +129,8 @@ def pybuild_runner(work: Path, registry: str) -> Callable[[Path, bool], float]:
         if fresh and store.exists():
             shutil.rmtree(store)
         env = dict(os.environ, PYBUILD_ROOT=str(store))
+        # An installed pybuild has its bytecode cached; don't recompile it on every run.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         return _run(
             [
                 *PYBUILD,

@@ -40,7 +40,14 @@ from builder import imageconfig as ic
 from builder.cache import CachedState, CacheIndex, LayerRef
 from builder.cachekey import CacheKey, ContentHasher, step_key
 from builder.dockerfile import instructions as ins
-from builder.errors import BuildError, ContextError, DockerfileError, StepFailed
+from builder.errors import (
+    BuildError,
+    ContextError,
+    DockerfileError,
+    SandboxUnavailable,
+    StepFailed,
+    UnknownUserError,
+)
 from builder.fileops import (
     Ownership,
     Source,
@@ -419,6 +426,11 @@ class Executor:
             cached, layer = self._dispatch(node, instruction, state, event)
         except BuildError as e:
             self.progress.step_finished(event, cached=False, error=str(e).splitlines()[0])
+            where = f"{self.dockerfile.filename}:{instruction.line}"
+            if isinstance(e, UnknownUserError | ContextError | SandboxUnavailable) and not str(
+                e
+            ).startswith(where):
+                raise type(e)(f"{where}: {instruction.keyword}: {e}") from None
             raise
         self.progress.step_finished(event, cached=cached)
         assert state.key is not None
@@ -769,8 +781,10 @@ class Executor:
             return None
         return self.ignore.excludes
 
-    def _content_digest(self, root: Path, sources: list[Source]) -> str:
-        excluded = self._excluded()
+    def _content_digest(
+        self, root: Path, sources: list[Source], excluded: Callable[[str], bool] | None = None
+    ) -> str:
+        excluded = excluded or self._excluded()
         paths: list[str] = []
         for source in sources:
             paths.extend(walk_source(source, excluded=excluded))
@@ -822,6 +836,14 @@ class Executor:
             flags.append(f"--chown={chown}")
         if chmod_text:
             flags.append(f"--chmod={chmod_text}")
+        excludes = [expand.word(p, line) for p in instruction.exclude]
+        flags.extend(f"--exclude={p}" for p in excludes)
+        if isinstance(instruction, ins.Copy) and instruction.parents:
+            raise DockerfileError(
+                "COPY --parents is not supported by pybuild yet",
+                filename=self.dockerfile.filename,
+                line=line,
+            )
         text = " ".join([keyword, *flags, *sources, dest])
         workdir = state.config.config.working_dir or "/"
 
@@ -872,12 +894,14 @@ class Executor:
                     raise ContextError(
                         f"{self.dockerfile.filename}:{line}: {keyword} failed: {e}"
                     ) from None
-                inputs["sources"] = self._content_digest(root, resolved)
+                inputs["sources"] = self._content_digest(
+                    root, resolved, _with_excludes(self._excluded(), excludes, resolved)
+                )
             key = step_key(state.key, instruction=text, inputs=inputs)
             if self._lookup(key, state, event):
                 return True, None
 
-            excluded = self._excluded() if from_ref is None else None
+            base_excluded = self._excluded() if from_ref is None else None
             heredoc_dir = download_dir / "heredocs"
             for name, body in heredoc_files:
                 heredoc_dir.mkdir(exist_ok=True)
@@ -888,15 +912,21 @@ class Executor:
                 owner = self._owner(root, chown) if chown else Ownership()
                 selected: list[Source] = []
                 archives: list[Path] = []
+                excluded = base_excluded
                 if context_sources:
                     source_root = views[0] if views else self._require_context(keyword)
                     try:
-                        found = resolve_sources(source_root, context_sources, excluded=excluded)
+                        found = resolve_sources(
+                            source_root, context_sources, excluded=base_excluded
+                        )
                     except ContextError as e:
                         raise ContextError(
                             f"{self.dockerfile.filename}:{line}: {keyword} failed: {e}"
                         ) from None
+                    excluded = _with_excludes(base_excluded, excludes, found)
                     for source in found:
+                        if excluded is not None and source.rel and excluded(source.rel):
+                            continue
                         if is_add and not source.is_dir and _is_archive(source.path):
                             archives.append(source.path)
                         else:
@@ -986,6 +1016,28 @@ class Executor:
                 when = parsedate_to_datetime(modified).timestamp()
                 os.utime(path, (when, when))
         return path
+
+
+def _with_excludes(
+    base: Callable[[str], bool] | None, patterns: list[str], sources: list[Source]
+) -> Callable[[str], bool] | None:
+    """``base`` plus ``COPY --exclude`` patterns, matched below the root and each source."""
+    if not patterns:
+        return base
+    matcher = IgnoreMatcher.from_patterns(patterns)
+    prefixes = [s.rel for s in sources if s.rel and s.is_dir]
+
+    def excluded(rel: str) -> bool:
+        if base is not None and base(rel):
+            return True
+        if matcher.excludes(rel):
+            return True
+        return any(
+            rel.startswith(prefix + "/") and matcher.excludes(rel[len(prefix) + 1 :])
+            for prefix in prefixes
+        )
+
+    return excluded
 
 
 def _absolute(dest: str, workdir: str) -> str:

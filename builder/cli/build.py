@@ -177,8 +177,10 @@ def build(
         result = run_build(options, display)
     finally:
         display.close()
+    # With an export to stdout (-o -), stdout carries the archive: report on stderr.
+    to_stderr = any(spec.dest == "-" for spec in specs)
     if quiet:
-        click.echo(result.config_digest)
+        click.echo(result.config_digest, err=to_stderr)
         return
     names = ", ".join(_familiar(n) for n in result.names) or "(no tag)"
     display_line = (
@@ -187,7 +189,7 @@ def build(
     )
     if result.pushed:
         display_line += f"; pushed {', '.join(result.pushed)}"
-    click.echo(display_line, err=False)
+    click.echo(display_line, err=to_stderr)
     sys.stdout.flush()
 
 

@@ -1,0 +1,71 @@
+"""RUN --mount (cache, bind, tmpfs), --network=none, COPY --exclude, and the other exporters."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import Pybuild, tree
+
+pytestmark = pytest.mark.root
+
+
+def test_mounts_network_and_exclude(
+    fresh_store: Pybuild, context: Callable[[str], Path], tmp_path: Path
+) -> None:
+    ctx = context("mounts")
+    first = fresh_store.build(ctx, "-t", "mounts:1")
+    assert "cache runs: 1" in first.stderr
+    out = tree(fresh_store.export(ctx, tmp_path / "out", "--no-cache"))
+    assert "cache" not in out and "data" not in out  # mount targets leave nothing behind
+    assert "scratch" not in out
+    assert out["from-bind.txt"][4] == "bound input\n"
+    assert out["netdevs"][4].strip() == "1"  # only lo in a --network=none step
+    assert sorted(p for p in out if p.startswith("data-copied/")) == ["data-copied/input.txt"]
+    again = fresh_store.build(ctx, "--no-cache")
+    assert "cache runs: 3" in again.stderr  # the cache mount persists between builds
+
+
+def test_tar_output_and_stdout(
+    pybuild: Pybuild, context: Callable[[str], Path], tmp_path: Path
+) -> None:
+    ctx = context("basic")
+    dest = tmp_path / "fs.tar"
+    pybuild.build(ctx, "-o", f"type=tar,dest={dest}")
+    with tarfile.open(dest) as tar:
+        names = tar.getnames()
+    assert "app/run.txt" in names and "bin/busybox" in names
+    proc = subprocess.run(
+        [sys.executable, "-m", "builder", "build", "-q", "-o", "-", str(ctx)],
+        capture_output=True,
+        env=dict(os.environ, PYBUILD_ROOT=str(pybuild.store)),
+        check=True,
+    )
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:  # stdout is only the tar
+        assert "app/run.txt" in tar.getnames()
+    assert proc.stderr.decode().strip().startswith("sha256:")
+
+
+def test_global_network_none(pybuild: Pybuild, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox:test\nRUN echo devs=$(tail -n +3 /proc/net/dev | wc -l)\n"
+    )
+    res = pybuild.build(tmp_path, "--network", "none", "--no-cache")
+    assert "devs=1" in res.stderr
+
+
+def test_copy_errors_name_the_line(pybuild: Pybuild, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM busybox:test\n\nCOPY missing.txt /x\n")
+    res = pybuild.build(tmp_path, check=False)
+    assert res.returncode == 1
+    assert "Dockerfile:3" in res.stderr and "missing.txt" in res.stderr
+    (tmp_path / "Dockerfile").write_text("FROM busybox:test\nUSER ghost\nRUN true\n")
+    res = pybuild.build(tmp_path, check=False)
+    assert res.returncode == 1 and "Dockerfile:3: RUN: unable to find user ghost" in res.stderr
