@@ -123,17 +123,19 @@ class RichProgress(PlainProgress):
 
     def _render(self) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table.grid(padding=(0, 1))
         for step, last in list(self.active.values()):
             elapsed = time.monotonic() - step.started
-            table.add_row(f"[bold blue]{step.title}[/]", f"{elapsed:5.1f}s")
+            table.add_row(Text(step.title, style="bold blue"), Text(f"{elapsed:5.1f}s"))
             if last:
-                table.add_row(f"  [dim]{last[-120:]}[/]", "")
+                table.add_row(Text("  " + last[-120:], style="dim"), Text(""))
         return table
 
     def _update(self) -> None:
-        self.live.update(self._render())
+        # called with the lock held
+        self.live.update(self._render(), refresh=True)
 
     def _write(self, text: str) -> None:
         with self.lock:
@@ -142,22 +144,22 @@ class RichProgress(PlainProgress):
     def step_started(self, step: StepEvent) -> None:
         with self.lock:
             self.active[id(step)] = (step, "")
-        self._update()
+            self._update()
 
     def step_output(self, step: StepEvent, data: bytes) -> None:
         text = data.decode(errors="replace").rstrip().splitlines()
         with self.lock:
             if text and id(step) in self.active:
                 self.active[id(step)] = (step, text[-1])
-        self._update()
+                self._update()
 
     def step_finished(self, step: StepEvent, *, cached: bool, error: str | None = None) -> None:
-        with self.lock:
-            self.active.pop(id(step), None)
         seconds = time.monotonic() - step.started
         status = "CACHED" if cached else (f"ERROR {error}" if error else f"DONE {seconds:.2f}s")
-        self._write(f"{step.title}  {status}")
-        self._update()
+        with self.lock:
+            self.active.pop(id(step), None)
+            self._update()
+            self.console.print(f"{step.title}  {status}", markup=False, highlight=False)
 
     def close(self) -> None:
         self.live.stop()
