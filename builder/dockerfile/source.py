@@ -19,12 +19,6 @@ BOM = "\ufeff"
 DIRECTIVE_NAMES = ("syntax", "escape", "check")
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _SHEBANG = re.compile(r"^#!")
-# BuildKit's continuation regex: an escape character that is not itself escaped, then only
-# blanks to the end of the line; or a line holding nothing but the escape character.
-_CONTINUATION = {
-    "\\": re.compile(r"(?:(?<=[^\\])|^)\\[ \t]*$"),
-    "`": re.compile(r"(?:(?<=[^`])|^)`[ \t]*$"),
-}
 _HEREDOC_INSTRUCTIONS = frozenset({"RUN", "COPY", "ADD"})
 _HEREDOC_WORD = re.compile(r"^(\d*)<<(-?)([^<]*)$")
 _BARE_OPERATOR = re.compile(r"^(\d*)<<(-?)$")
@@ -280,6 +274,18 @@ class _DirectiveBlock:
         return "\\"
 
 
+def _continued(line: str, escape: str) -> str | None:
+    """The line without its continuation mark, or None if it does not continue.
+
+    BuildKit's rule (its regex ``([^E])E[ \t]*$|^E[ \t]*$`` for escape E): the escape
+    character, not itself escaped, followed only by blanks; or a line of just the escape.
+    """
+    stripped = line.rstrip(" \t")
+    if stripped[-1:] != escape or (len(stripped) > 1 and stripped[-2] == escape):
+        return None
+    return stripped[:-1]
+
+
 def split_source(text: str, filename: str = "Dockerfile") -> Source:
     """Split a Dockerfile into directives and logical lines (see the module docstring)."""
     if text.startswith(BOM):
@@ -291,7 +297,6 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
     lines = [p.rstrip("\r") for p in physical] if "\r" in text else physical
     block = _DirectiveBlock(filename)
     escape = "\\"
-    continuation = _CONTINUATION[escape]
     logical: list[LogicalLine] = []
     warnings: list[Warning] = []
     n = len(lines)
@@ -306,18 +311,16 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
         if not block.done and block.feed(token, i):
             if block.escape != escape:
                 escape = block.escape
-                continuation = _CONTINUATION[escape]
             continue
         if token[0] == "#":
             continue
         start = i
         indent = len(first) - len(token)
-        # cheap test first: most lines do not end with the escape character
-        cont = continuation.search(token) if token.rstrip(" \t")[-1:] == escape else None
-        if cont is None:
+        body = _continued(token, escape)
+        if body is None:
             joined = token
         else:
-            parts = [token[: cont.start()]]
+            parts = [body]
             empty_continuation = False
             while i < n:
                 line = lines[i]
@@ -328,11 +331,11 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
                     continue
                 if content[0] == "#":
                     continue
-                cont = continuation.search(line) if line.rstrip(" \t")[-1:] == escape else None
-                if cont is None:
+                body = _continued(line, escape)
+                if body is None:
                     parts.append(line)
                     break
-                parts.append(line[: cont.start()])
+                parts.append(body)
             joined = "".join(parts)
             if empty_continuation:
                 warnings.append(
@@ -351,7 +354,7 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
                 raise DockerfileSyntaxError(str(e), filename=filename, line=start) from None
             bodies: list[Heredoc] = []
             for marker in markers:
-                body: list[str] = []
+                content_lines: list[str] = []
                 terminated = False
                 while i < n:
                     line = lines[i]
@@ -360,7 +363,7 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
                     if candidate == marker.name:
                         terminated = True
                         break
-                    body.append(physical[i - 1] + "\n")
+                    content_lines.append(physical[i - 1] + "\n")
                 if not terminated:
                     raise DockerfileSyntaxError(
                         f"unterminated heredoc {marker.name!r} (no line {marker.name!r} "
@@ -369,7 +372,9 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
                         line=start,
                     )
                 bodies.append(
-                    Heredoc(marker.name, "".join(body), marker.expand, marker.chomp, marker.fd)
+                    Heredoc(
+                        marker.name, "".join(content_lines), marker.expand, marker.chomp, marker.fd
+                    )
                 )
             heredocs = tuple(bodies)
         logical.append(LogicalLine(joined.rstrip(), Span(filename, start, i), indent, heredocs))
