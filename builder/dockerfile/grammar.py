@@ -126,12 +126,14 @@ class FastParser:
             return (-t.priority, -t.pattern.max_width, -len(t.pattern.value), name)
 
         compiled: dict[tuple[str, ...], Any] = {}
-        rules: dict[Any, tuple[str, int, bool, bool]] = {}
+        rules: dict[Any, tuple[str, int, bool, tuple[int, ...] | None]] = {}
         self.scanners: dict[int, Any] = {}
         self.accepts: dict[int, frozenset[str]] = {}
         # actions[state][symbol]: an int is "shift to / go to that state"; a tuple is
-        # "reduce by a rule" as (rule name, symbol count, inlined?, children need no pass?)
-        self.actions: dict[int, dict[str, int | tuple[str, int, bool, bool]]] = {}
+        # "reduce by a rule" as (rule name, symbol count, inlined?, child plan). The child plan
+        # is None when every child is kept as is, else one code per symbol: 0 drop (a filtered
+        # token such as _NL), 1 keep, 2 splice (an inlined rule's children).
+        self.actions: dict[int, dict[str, Any]] = {}
         for state, actions in table.states.items():
             names = tuple(sorted((n for n in actions if n in terminals), key=order))
             if names not in compiled:
@@ -141,7 +143,7 @@ class FastParser:
                 compiled[names] = re.compile(alternatives).match if names else None
             self.scanners[state] = compiled[names]
             self.accepts[state] = frozenset(names)
-            row: dict[str, int | tuple[str, int, bool, bool]] = {}
+            row: dict[str, Any] = {}
             for symbol, (action, arg) in actions.items():
                 if action is Shift:
                     row[symbol] = int(arg)
@@ -149,10 +151,12 @@ class FastParser:
                 assert action is Reduce
                 if arg not in rules:
                     name = str(arg.origin.name)
-                    # children need a pass only if the rule has filtered tokens (_NL) or
-                    # inlined rules among its symbols
-                    plain = not any(sym.name.startswith("_") for sym in arg.expansion)
-                    rules[arg] = (name, len(arg.expansion), name.startswith("_"), plain)
+                    plan = tuple(
+                        (2 if not sym.is_term else 0) if sym.name.startswith("_") else 1
+                        for sym in arg.expansion
+                    )
+                    child_plan = None if all(code == 1 for code in plan) else plan
+                    rules[arg] = (name, len(arg.expansion), name.startswith("_"), child_plan)
                 row[symbol] = rules[arg]
             self.actions[state] = row
 
@@ -191,14 +195,14 @@ class FastParser:
                     break
                 if act is None:
                     raise self._unexpected_token(text, start, pos, line, line_start, state)
-                name, size, inline, plain = act
+                name, size, inline, child_plan = act
                 children: list[Any]
                 if size:
                     children = values[-size:]
                     del values[-size:]
                     del state_stack[-size:]
-                    if not plain:
-                        children = self._splice(children)
+                    if child_plan is not None:
+                        children = self._splice(children, child_plan)
                 else:
                     children = []
                 result: Any
@@ -220,27 +224,25 @@ class FastParser:
                 line_start = pos
 
     @staticmethod
-    def _splice(taken: list[Any]) -> list[Any]:
-        """Drop filtered tokens and splice inlined rules' children.
+    def _splice(taken: list[Any], plan: tuple[int, ...]) -> list[Any]:
+        """Drop filtered tokens and splice inlined rules' children, as the plan says.
 
-        A left-recursive list rule (``_line*``) hands its growing list back as its first
+        A left-recursive list rule (a repetition) hands its growing list back as its first
         child; extending that list in place keeps long lists linear, as Lark does.
         """
-        first = taken[0]
         children: list[Any]
-        if type(first) is _Inline:
-            children = first
-            rest = taken[1:]
+        if plan[0] == 2:
+            children = taken[0]
+            start = 1
         else:
             children = _Inline()
-            rest = taken
-        for item in rest:
-            if item is None:
-                continue
-            if type(item) is _Inline:
-                children.extend(item)
-            else:
-                children.append(item)
+            start = 0
+        for index in range(start, len(plan)):
+            code = plan[index]
+            if code == 1:
+                children.append(taken[index])
+            elif code == 2:
+                children.extend(taken[index])
         return children
 
     def _unexpected_text(

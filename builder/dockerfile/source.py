@@ -316,7 +316,8 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
             continue
         start = i
         indent = len(first) - len(token)
-        body = _continued(token, escape)
+        last = token[-1]
+        body = _continued(token, escape) if last == escape or last in " \t" else None
         if body is None:
             joined = token
         else:
