@@ -134,3 +134,23 @@ def test_docker_output_loads_in_podman(
     load = podman("load", "-i", str(archive))
     assert load.returncode == 0, load.stderr
     assert "docker-out:1" in load.stdout
+
+
+def test_pull_re_resolves_the_base(
+    fresh_store: Pybuild,
+    pybuild: Pybuild,
+    plain_registry: RegistryServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    base = plain_registry.ref("library/pulltest:1")
+    pybuild("push", "busybox:test", base)
+    (tmp_path / "Dockerfile").write_text(f"FROM {base}\nRUN cat /marker 2>/dev/null || echo none\n")
+    first = fresh_store.build(tmp_path)
+    assert "[stage-0] none" in first.stderr  # pulled: not in the fresh store before
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "Dockerfile").write_text("FROM busybox:test\nRUN echo new > /marker\n")
+    pybuild.build(tmp_path / "b", "-t", base, "--push")
+    cached = fresh_store.build(tmp_path)
+    assert "STEP 2/2: CACHED" in cached.stderr  # the local copy is used without --pull
+    pulled = fresh_store.build(tmp_path, "--pull")
+    assert "[stage-0] new" in pulled.stderr

@@ -62,3 +62,21 @@ def test_target_builds_only_what_it_needs(pybuild: Pybuild, context: Callable[[s
     assert "[test] STEP" in res.stderr
     bad = pybuild.build(context("multistage"), "--target", "nope", check=False)
     assert bad.returncode == 1 and "nope" in bad.stderr
+
+
+def test_independent_stages_run_concurrently(pybuild: Pybuild, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox:test AS left\nRUN echo left-start; sleep 2; echo left-end\n"
+        "FROM busybox:test AS right\nRUN echo right-start; sleep 2; echo right-end\n"
+        "FROM busybox:test\nCOPY --from=left /etc/passwd /l\nCOPY --from=right /etc/passwd /r\n"
+    )
+
+    def position(output: str, stage: str, word: str) -> int:
+        return output.index(f"[{stage}] {word}\n")
+
+    out = pybuild.build(tmp_path, "--no-cache", "--jobs", "2").stderr
+    starts = max(position(out, "left", "left-start"), position(out, "right", "right-start"))
+    ends = min(position(out, "left", "left-end"), position(out, "right", "right-end"))
+    assert starts < ends
+    serial = pybuild.build(tmp_path, "--no-cache", "--jobs", "1").stderr
+    assert position(serial, "left", "left-end") < position(serial, "right", "right-start")
