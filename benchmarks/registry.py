@@ -9,7 +9,8 @@ blob-info cache outside its store; pybuild records blob provenance). Both comman
 subprocesses, so start-up time counts for both. Variants: gzip-compressed layers (random
 data compressed at level 1) and uncompressed layers (skopeo with ``--preserve-digests`` and
 ``--dest-oci-accept-uncompressed-layers`` so it does not recompress).
-Reported: median seconds of ``--runs`` runs, MB/s, and pybuild/skopeo time ratio (goal ≤ 1.0).
+Reported: median seconds of ``--runs`` runs (after ``--warmup`` uncounted ones; the tools
+alternate going first), MB/s, and the pybuild/skopeo time ratio (goal ≤ 1.0).
 """
 
 from __future__ import annotations
@@ -152,10 +153,16 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
+def _record(results: dict[str, list[float]], key: str, counted: bool, seconds: float) -> None:
+    if counted:
+        results[key].append(seconds)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer-mb", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1, help="uncounted runs first")
     parser.add_argument("--variants", default="compressed,uncompressed")
     args = parser.parse_args()
     if REGISTRY is None or SKOPEO is None:
@@ -181,23 +188,33 @@ def main() -> int:
             }
             skopeo_extra = [] if compressed else ["--preserve-digests"]
             skopeo_pull_extra = [] if compressed else ["--dest-oci-accept-uncompressed-layers"]
-            for _ in range(args.runs):
-                for tool in ("pybuild", "skopeo"):
+            for run in range(args.warmup + args.runs):
+                # Alternate who goes first: freshly allocated tmpfs pages cost more than
+                # reused ones here, and the second tool reuses what the first one freed.
+                order = ("pybuild", "skopeo") if run % 2 == 0 else ("skopeo", "pybuild")
+                counted = run >= args.warmup
+                for tool in order:
                     registry.start()
                     ref = f"{registry.host}/bench/{tool}:1"
                     push_env = dict(env, PYBUILD_ROOT=str(src_root))
                     if tool == "pybuild":
-                        results["pb-push"].append(
-                            timed([*PYBUILD, "push", "-q", NAME, ref], push_env)
+                        _record(
+                            results,
+                            "pb-push",
+                            counted,
+                            timed([*PYBUILD, "push", "-q", NAME, ref], push_env),
                         )
                         dst = base / "pb-dst"
                         shutil.rmtree(dst, ignore_errors=True)
-                        results["pb-pull"].append(
-                            timed([*PYBUILD, "pull", "-q", ref], dict(env, PYBUILD_ROOT=str(dst)))
+                        _record(
+                            results,
+                            "pb-pull",
+                            counted,
+                            timed([*PYBUILD, "pull", "-q", ref], dict(env, PYBUILD_ROOT=str(dst))),
                         )
                         shutil.rmtree(dst, ignore_errors=True)
                     else:
-                        results["sk-push"].append(
+                        _record(results, "sk-push", counted,
                             timed(
                                 [
                                     SKOPEO, "copy", "-q", "--dest-tls-verify=false",
@@ -208,7 +225,7 @@ def main() -> int:
                         )  # fmt: skip
                         dst = base / "sk-dst"
                         shutil.rmtree(dst, ignore_errors=True)
-                        results["sk-pull"].append(
+                        _record(results, "sk-pull", counted,
                             timed(
                                 [
                                     SKOPEO, "copy", "-q", "--src-tls-verify=false",

@@ -5,7 +5,8 @@ threads. The scheme is decided once, on the first request, the way Docker does i
 first; plain HTTP only for hosts the user marked insecure (``--insecure-registry``,
 ``$PYBUILD_INSECURE_REGISTRIES``, ``insecure-registries`` in Docker's daemon.json,
 ``insecure = true`` in containers' registries.conf) and for loopback addresses
-(``localhost``, ``127.0.0.0/8``, ``::1``), and only when the server does not speak TLS.
+(``localhost``, ``127.0.0.0/8``, ``::1``; asked over HTTP first, as local registries mostly
+are), and only when the server does not speak TLS.
 Unlike Docker, loopback hosts keep certificate verification (a CA in certs.d makes a
 self-signed local registry work); only hosts marked insecure skip it. Extra CAs and client
 certificates come from ``certs.d`` directories (Docker's and containers' layout).
@@ -402,6 +403,15 @@ class Transport:
         return self._scheme
 
     def _probe(self) -> str:
+        if is_loopback(self.host) and not self.insecure:
+            # A local registry is usually plain HTTP: ask that first (no TLS set-up cost). A
+            # registry answers /v2/ with 200 or 401; a TLS port answers plain HTTP with 400.
+            try:
+                answer = self._client("http").get(f"http://{self.host}/v2/")
+                if answer.status_code in (200, 401):
+                    return "http"
+            except httpx.HTTPError:
+                pass
         try:
             self._client("https").get(f"https://{self.host}/v2/").close()
             return "https"
