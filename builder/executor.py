@@ -143,7 +143,11 @@ class _Scratch:
         self.root = Path(tempfile.mkdtemp(prefix="build-", dir=base))
 
     def directory(self, prefix: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.root))
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.root))
+        # An overlay's root directory takes its mode from the upper directory (and an
+        # adopted snapshot keeps it): mkdtemp's 0700 would lock every non-root USER out of /.
+        os.chmod(path, 0o755)
+        return path
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

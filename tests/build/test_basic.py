@@ -32,6 +32,7 @@ def test_build_tags_image_and_config(pybuild: Pybuild, context: Callable[[str], 
         "COPY --chown=app:app --chmod=640 hello.txt /home/app/owned.txt # buildkit",
         'RUN /bin/sh -c echo "$GREETING from run" > /app/run.txt && cat /app/hello.txt # buildkit',
         "USER app",
+        "RUN /bin/sh -c id -un > /tmp/whoami && ls / > /dev/null # buildkit",
         'CMD ["cat" "/app/run.txt"]',
     ]
     assert "basic" in pybuild("images").stdout
@@ -49,6 +50,8 @@ def test_export_has_files_modes_owners(
     assert files["opt/src/sub/deep.txt"][4] == "deep\n"
     assert files["home/app/owned.txt"] == ("file", 0o640, 1000, 1000, "hello\n")
     assert files["app"][:2] == ("dir", 0o755)
+    # a RUN as a non-root USER can reach / (the step's upper dir must not be 0700)
+    assert files["tmp/whoami"] == ("file", 0o644, 1000, 1000, "app\n")
 
 
 def test_run_prints_command_output_and_exit_code(
@@ -70,7 +73,7 @@ def test_second_build_is_fully_cached_and_same_image(
     first = tmp_path / "first.json"
     pybuild.build(ctx, "-t", "basic:cache", "--metadata-file", str(first))
     again = pybuild.build(ctx, "-t", "basic:cache", "--iidfile", str(tmp_path / "iid"))
-    assert len(steps(again.stderr)) == 8  # every step after FROM
+    assert len(steps(again.stderr)) == 9  # every step after FROM
     meta = json.loads(first.read_text())
     assert (tmp_path / "iid").read_text() == meta["containerimage.config.digest"]
     assert meta["containerimage.digest"] in again.stdout
