@@ -1,25 +1,35 @@
-"""Loads ``dockerfile_grammar.lark`` once, builds its LALR parsers, and translates Lark's errors.
+"""Loads ``dockerfile_grammar.lark``, builds its LALR tables with Lark, and runs them fast.
 
 This is the only module that knows where the grammar file lives: inside this package in an
 installed wheel (pyproject's force-include puts it there), else at the top of a source
-checkout. Parsers are built once per (start rule, escape character) and cached on disk by
-Lark (keyed by the grammar's hash, in the temp directory, so the working directory does not
-matter), so a CLI run does not pay for LALR table construction.
+checkout. Lark turns the grammar into LALR tables and terminal regexes (``load_parser``,
+cached on disk by Lark, keyed by the grammar's hash); :class:`FastParser` runs those same
+tables with the contextual-lexer rule (each parser state scans only for the terminals it
+accepts) in a loop made for this grammar, about twice as fast as Lark's general one. Its
+tables are cached too (in the temp directory, keyed by the grammar text, the escape
+character and the installed Lark and Python), so a CLI run imports no Lark at all; the
+cache location never depends on the working directory, and a cache that cannot be read or
+written only costs the rebuild.
 
 The escape character chosen by a ``# escape=`` directive changes how ARG/ENV/LABEL words end,
 which a fixed grammar cannot say; the grammar writes it as ``%ESC%`` and each escape character
 gets its own parser with the placeholder filled in.
+
+Parse failures come out as :class:`GrammarError` (line, column, what was seen, what was
+expected); ``transform`` turns them into located DockerfileSyntaxErrors.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lark import Lark
-from lark.parsers.lalr_analysis import Reduce, Shift
+if TYPE_CHECKING:
+    from lark import Lark
 
 GRAMMAR_NAME = "dockerfile_grammar.lark"
 ESCAPE_PLACEHOLDER = "%ESC%"
@@ -46,6 +56,8 @@ def load_parser(start: str, escape: str = "\\") -> Lark:
 
     ``escape`` (backslash or backtick) fills the grammar's ``%ESC%`` placeholder.
     """
+    from lark import Lark
+
     text = grammar_text().replace(ESCAPE_PLACEHOLDER, _REGEX_ESCAPE[escape])
     return Lark(
         text,
@@ -106,45 +118,41 @@ class _Inline(list[Any]):
     """Children of an inlined rule, spliced into the parent's children."""
 
 
-class FastParser:
-    """An LALR driver over the tables Lark builds from the grammar.
+@dataclass(frozen=True)
+class Tables:
+    """What the driver needs from Lark's LALR analysis, in plain picklable values.
 
-    Lark's own driver is general (lexer threads, callbacks, positions, interactive parsing)
-    and costs several microseconds per token; parsing is on the CLI's hot path, so this loop
-    runs the same tables and the same terminal regexes with the contextual-lexer rule (each
-    parser state scans only for the terminals it accepts) and nothing else.
+    ``actions[state][symbol]``: an int is "shift to / go to that state"; a tuple is "reduce
+    by a rule" as (rule name, symbol count, inlined?, child plan). The child plan is None
+    when every child is kept as is, else one code per symbol: 0 drop (a filtered token such
+    as _NL), 1 keep, 2 splice (an inlined rule's children). ``terminals[state]`` lists the
+    terminals the state accepts in the contextual lexer's order; ``patterns`` their regexes.
     """
 
-    def __init__(self, lark: Lark, start: str) -> None:
+    start_state: int
+    end_state: int
+    actions: dict[int, dict[str, Any]]
+    terminals: dict[int, tuple[str, ...]]
+    patterns: dict[str, str]
+
+    @classmethod
+    def from_lark(cls, lark: Lark, start: str) -> Tables:
+        from lark.parsers.lalr_analysis import Reduce, Shift
+
         table = lark.parser.parser.parser.parse_table
-        self.start_state = table.start_states[start]
-        self.end_state = table.end_states[start]
-        terminals = {t.name: t for t in lark.terminals}
+        defs = {t.name: t for t in lark.terminals}
 
         def order(name: str) -> tuple[int, int, int, str]:
-            t = terminals[name]
+            t = defs[name]
             return (-t.priority, -t.pattern.max_width, -len(t.pattern.value), name)
 
-        compiled: dict[tuple[str, ...], Any] = {}
         rules: dict[Any, tuple[str, int, bool, tuple[int, ...] | None]] = {}
-        self.scanners: dict[int, Any] = {}
-        self.accepts: dict[int, frozenset[str]] = {}
-        # actions[state][symbol]: an int is "shift to / go to that state"; a tuple is
-        # "reduce by a rule" as (rule name, symbol count, inlined?, child plan). The child plan
-        # is None when every child is kept as is, else one code per symbol: 0 drop (a filtered
-        # token such as _NL), 1 keep, 2 splice (an inlined rule's children).
-        self.actions: dict[int, dict[str, Any]] = {}
-        for state, actions in table.states.items():
-            names = tuple(sorted((n for n in actions if n in terminals), key=order))
-            if names not in compiled:
-                alternatives = "|".join(
-                    f"(?P<{n}>{terminals[n].pattern.to_regexp()})" for n in names
-                )
-                compiled[names] = re.compile(alternatives).match if names else None
-            self.scanners[state] = compiled[names]
-            self.accepts[state] = frozenset(names)
+        actions: dict[int, dict[str, Any]] = {}
+        terminals: dict[int, tuple[str, ...]] = {}
+        for state, row_in in table.states.items():
+            terminals[state] = tuple(sorted((n for n in row_in if n in defs), key=order))
             row: dict[str, Any] = {}
-            for symbol, (action, arg) in actions.items():
+            for symbol, (action, arg) in row_in.items():
                 if action is Shift:
                     row[symbol] = int(arg)
                     continue
@@ -158,7 +166,47 @@ class FastParser:
                     child_plan = None if all(code == 1 for code in plan) else plan
                     rules[arg] = (name, len(arg.expansion), name.startswith("_"), child_plan)
                 row[symbol] = rules[arg]
-            self.actions[state] = row
+            actions[state] = row
+        patterns = {name: t.pattern.to_regexp() for name, t in defs.items()}
+        return cls(table.start_states[start], table.end_states[start], actions, terminals, patterns)
+
+
+class _LazyScanners(dict[int, Any]):
+    def __init__(self, parser: FastParser) -> None:
+        super().__init__()
+        self.parser = parser
+
+    def __missing__(self, state: int) -> Any:
+        scanner = self[state] = self.parser.compile_scanner(state)
+        return scanner
+
+
+class FastParser:
+    """An LALR driver over the tables Lark builds from the grammar.
+
+    Lark's own driver is general (lexer threads, callbacks, positions, interactive parsing)
+    and costs several microseconds per token; parsing is on the CLI's hot path, so this loop
+    runs the same tables and the same terminal regexes with the contextual-lexer rule (each
+    parser state scans only for the terminals it accepts) and nothing else.
+    """
+
+    def __init__(self, tables: Tables) -> None:
+        self.start_state = tables.start_state
+        self.end_state = tables.end_state
+        self.actions = tables.actions
+        self.accepts = {state: frozenset(names) for state, names in tables.terminals.items()}
+        self._patterns = tables.patterns
+        self._terminals = tables.terminals
+        # compiled on first use: a short Dockerfile visits few parser states, and compiling
+        # every state's alternation up front would cost a CLI run ~20 ms
+        self.scanners: dict[int, Any] = _LazyScanners(self)
+
+    def compile_scanner(self, state: int) -> Any:
+        names = self._terminals[state]
+        if not names:
+            return None
+        alternatives = "|".join(f"(?P<{n}>{self._patterns[n]})" for n in names)
+        return re.compile(alternatives).match
 
     def parse(self, text: str) -> Branch:
         actions = self.actions
@@ -267,9 +315,57 @@ class FastParser:
         return GrammarError(line, column, seen, self.accepts[state])
 
 
+_TABLES_FORMAT = 1
+
+
 @functools.cache
 def fast_parser(escape: str) -> FastParser:
-    return FastParser(load_parser("dockerfile", escape), "dockerfile")
+    """The driver for one escape character. Its tables are cached on disk (keyed by the
+    grammar's text, Lark's version and Python's) so a CLI run needs neither Lark's analysis
+    nor Lark's own cache; any problem with the cache file just means building them again."""
+    import pickle
+
+    path = _tables_cache_path(escape)
+    try:
+        with open(path, "rb") as f:
+            tables = pickle.load(f)
+        if isinstance(tables, Tables):
+            return FastParser(tables)
+    except (OSError, pickle.PickleError, EOFError, AttributeError, ImportError, TypeError):
+        pass
+    tables = Tables.from_lark(load_parser("dockerfile", escape), "dockerfile")
+    try:
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(temporary, "wb") as f:
+            pickle.dump(tables, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(temporary, path)
+    except OSError:
+        pass
+    return FastParser(tables)
+
+
+def _tables_cache_path(escape: str) -> Path:
+    """Where the driver tables for this grammar, escape, Python and installed Lark live.
+
+    Lark is identified by its package file and modification time (found without importing
+    it, which is the point: a cached run never imports Lark).
+    """
+    import hashlib
+    import importlib.util
+    import sys
+    import tempfile
+
+    spec = importlib.util.find_spec("lark")
+    origin = spec.origin if spec is not None and spec.origin else "lark"
+    try:
+        stamp = os.stat(origin).st_mtime_ns
+    except OSError:
+        stamp = 0
+    key = hashlib.sha256(
+        f"{origin}|{stamp}|{sys.version_info[:2]}|{escape}|{_TABLES_FORMAT}|".encode()
+        + grammar_text().encode()
+    ).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / f".pybuild-dockerfile-{key}.pickle"
 
 
 def parse_tree(text: str, escape: str) -> Branch:

@@ -103,3 +103,28 @@ def test_driver_matches_lark_on_realworld_corpus() -> None:
         assert _our_shape(parse_tree(text, escape)) == lark_tree, path
         checked += 1
     assert checked == 639
+
+
+def test_driver_tables_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tables are written once, read back equal, and a damaged file is rebuilt."""
+    import tempfile
+
+    from builder.dockerfile import grammar
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    grammar.fast_parser.cache_clear()
+    try:
+        built = grammar.fast_parser("\\")
+        files = list(tmp_path.glob(".pybuild-dockerfile-*.pickle"))
+        assert len(files) == 1
+        grammar.fast_parser.cache_clear()
+        loaded = grammar.fast_parser("\\")
+        assert loaded.actions == built.actions and loaded.accepts == built.accepts
+        files[0].write_bytes(b"not a pickle")
+        grammar.fast_parser.cache_clear()
+        rebuilt = grammar.fast_parser("\\")
+        assert rebuilt.actions == built.actions
+        text = "FROM alpine\nRUN echo hi\n"
+        assert _our_shape(rebuilt.parse(text)) == _our_shape(built.parse(text))
+    finally:
+        grammar.fast_parser.cache_clear()
