@@ -29,6 +29,12 @@ def test_mounts_network_and_exclude(
     assert out["from-bind.txt"][4] == "bound input\n"
     assert out["netdevs"][4].strip() == "1"  # only lo in a --network=none step
     assert sorted(p for p in out if p.startswith("data-copied/")) == ["data-copied/input.txt"]
+    hist = {
+        h["created_by"]: h.get("empty_layer", False)
+        for h in fresh_store.config("mounts:1")["history"]
+    }
+    tmpfs_step = next(k for k in hist if "type=tmpfs" in k or "/scratch" in k)
+    assert hist[tmpfs_step] is True  # a step that changed nothing adds no layer
     again = fresh_store.build(ctx, "--no-cache")
     assert "cache runs: 3" in again.stderr  # the cache mount persists between builds
 
