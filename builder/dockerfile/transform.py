@@ -636,8 +636,6 @@ def typed_instruction(node: Node, *, in_onbuild: bool = False) -> ins.Instructio
             heredocs=node.heredocs,
         )
     if kw in ("CMD", "ENTRYPOINT"):
-        if kw == "CMD" and not args and not node.json_form:
-            raise _err(DockerfileSyntaxError, node, "CMD requires at least one argument")
         cls = ins.Cmd if kw == "CMD" else ins.Entrypoint
         return cls(node, command=args, json_form=node.json_form)
     if kw == "SHELL":
@@ -736,7 +734,6 @@ def _healthcheck(node: Node, flags: FlagValues) -> ins.Healthcheck:
     kind = args[0].upper()
     if kind == "NONE":
         _require(node, len(args) == 1, "HEALTHCHECK NONE takes no arguments")
-        _require(node, not node.flags, "HEALTHCHECK NONE takes no flags")
         return ins.Healthcheck(node, test=("NONE",))
     if kind != "CMD":
         raise _err(
