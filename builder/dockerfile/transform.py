@@ -585,7 +585,7 @@ def _require(node: Node, ok: bool, message: str) -> None:
         raise _err(DockerfileSyntaxError, node, message)
 
 
-def typed_instruction(node: Node, *, in_onbuild: bool = False) -> ins.Instruction:
+def typed_instruction(node: Node) -> ins.Instruction:
     """The typed form of one node (raises DockerfileError subclasses with its location)."""
     kw = node.keyword
     if kw not in _KNOWN:
@@ -724,7 +724,7 @@ def typed_instruction(node: Node, *, in_onbuild: bool = False) -> ins.Instructio
             raise _err(
                 DockerfileSyntaxError, node, f"{trigger_kw} isn't allowed as an ONBUILD trigger"
             )
-        return ins.Onbuild(node, trigger=typed_instruction(node.trigger, in_onbuild=True))
+        return ins.Onbuild(node, trigger=typed_instruction(node.trigger))
     raise AssertionError(kw)  # pragma: no cover - every known keyword is handled above
 
 
