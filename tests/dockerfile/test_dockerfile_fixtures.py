@@ -163,3 +163,21 @@ def test_parse_command_imports_no_heavy_modules(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert '"plan": [' in result.stdout
+
+
+def test_cli_build_arg_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASE", "busybox:1.36")
+    text = "ARG BASE=alpine\nFROM ${BASE}\n"
+    result = CliRunner().invoke(parse_command, ["--json", "--build-arg", "BASE", "-"], input=text)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["stages"][0]["base"] == "busybox:1.36"
+
+
+def test_cli_directory_is_a_usage_error(tmp_path: Path) -> None:
+    assert CliRunner().invoke(parse_command, [str(tmp_path)]).exit_code == 2
+
+
+def test_cli_missing_file_exits_1(tmp_path: Path) -> None:
+    result = CliRunner().invoke(parse_command, [str(tmp_path / "nope")])
+    assert result.exit_code == 1
+    assert "cannot read" in result.output
