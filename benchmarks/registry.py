@@ -20,6 +20,7 @@ import gzip
 import http.client
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -144,10 +145,19 @@ def make_image(store: Store, layer_mb: int, compressed: bool) -> int:
     return total
 
 
+CPU: dict[str, list[float]] = {}
+CURRENT = [""]  # the variant being measured
+_last_cpu = [0.0]
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> float:
+    """Wall-clock seconds of ``cmd``; its CPU seconds (user + sys) go to ``_last_cpu``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    _last_cpu[0] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])}… failed: {done.stderr.strip()[-800:]}")
     return elapsed
@@ -156,6 +166,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 def _record(results: dict[str, list[float]], key: str, counted: bool, seconds: float) -> None:
     if counted:
         results[key].append(seconds)
+        CPU.setdefault(f"{CURRENT[0]} {key}", []).append(_last_cpu[0])
 
 
 def main() -> int:
@@ -178,6 +189,7 @@ def main() -> int:
     try:
         for variant in args.variants.split(","):
             compressed = variant == "compressed"
+            CURRENT[0] = variant
             src_root = base / f"src-{variant}"
             store = Store.open(src_root)
             total = make_image(store, args.layer_mb, compressed)
@@ -254,6 +266,9 @@ def main() -> int:
             f"{variant:<13}{direction:<6}{mb:>7.0f}{pb:>11.2f}{mb / pb:>8.0f}{sk:>10.2f}"
             f"{mb / sk:>8.0f}{ratio:>7.2f}"
         )
+    print("CPU seconds (user+sys of the command; the registry's own CPU is not included):")
+    for key, values in sorted(CPU.items()):
+        print(f"  {key}: median {statistics.median(values):.2f} {[round(v, 2) for v in values]}")
     for variant, direction, _, _, _, _, pbs, sks in rows:
         print(f"  {variant} {direction}: pybuild {[round(x, 2) for x in pbs]} "
               f"skopeo {[round(x, 2) for x in sks]}")  # fmt: skip
