@@ -202,6 +202,10 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
         n = m
 
 
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+_MAGIC_SUM = sum(b"ustar\x0000")
+
+
 def _ustar(
     name: bytes,
     mode: int,
@@ -213,22 +217,19 @@ def _ustar(
     linkname: bytes,
     devmajor: int,
     devminor: int,
-) -> bytearray:
-    h = bytearray(512)
-    h[0 : len(name)] = name
-    h[100:108] = b"%07o\x00" % mode
-    h[108:116] = b"%07o\x00" % uid
-    h[116:124] = b"%07o\x00" % gid
-    h[124:136] = b"%011o\x00" % size
-    h[136:148] = b"%011o\x00" % mtime
-    h[148:156] = b"        "
-    h[156:157] = typeflag
-    h[157 : 157 + len(linkname)] = linkname
-    h[257:265] = b"ustar\x0000"
-    h[329:337] = b"%07o\x00" % devmajor
-    h[337:345] = b"%07o\x00" % devminor
-    h[148:156] = b"%06o\x00 " % sum(h)
-    return h
+) -> bytes:
+    fmode, fuid, fgid = b"%07o\x00" % mode, b"%07o\x00" % uid, b"%07o\x00" % gid
+    fsize, fmtime = b"%011o\x00" % size, b"%011o\x00" % mtime
+    fmaj, fmin = b"%07o\x00" % devmajor, b"%07o\x00" % devminor
+    # the checksum counts its own field as eight spaces (256); empty fields add nothing
+    chk = (
+        sum(name) + sum(fmode) + sum(fuid) + sum(fgid) + sum(fsize) + sum(fmtime) + 256
+        + typeflag[0] + sum(linkname) + _MAGIC_SUM + sum(fmaj) + sum(fmin)
+    )  # fmt: skip
+    return _USTAR.pack(
+        name, fmode, fuid, fgid, fsize, fmtime, b"%06o\x00 " % chk, typeflag, linkname,
+        b"ustar\x0000", b"", b"", fmaj, fmin, b"",
+    )  # fmt: skip
 
 
 def _ascii_stub(name: bytes, limit: int = 100) -> bytes:
