@@ -55,7 +55,14 @@ class TransferPool:
         workers = min(self.jobs, len(self._tasks))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blob") as pool:
             futures: dict[Future[object], str] = {pool.submit(fn): key for key, fn in self._tasks}
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            try:
+                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:
+                # Ctrl-C: queued transfers never start, running ones stop at their next chunk.
+                self.cancelled.set()
+                for fut in futures:
+                    fut.cancel()
+                raise
             failed = [f for f in done if f.exception() is not None]
             if not failed:
                 return
