@@ -133,12 +133,12 @@ class RootDir:
     def _walk(self, rel: str, *, entry: str, create: bool, mode: int) -> tuple[int, str] | None:
         # stack of (descriptor, name) from the root down; the root itself is not on it
         stack: list[tuple[int, str]] = []
-        pending = rel.split("/")
-        pending.reverse()  # pop() from the end = next component
+        # (component, came from a symlink target); pop() from the end = next component
+        pending = [(c, False) for c in reversed(rel.split("/"))]
         hops = 0
         try:
             while pending:
-                comp = pending.pop()
+                comp, via_link = pending.pop()
                 if comp in ("", "."):
                     continue
                 if comp == "..":
@@ -150,6 +150,13 @@ class RootDir:
                 try:
                     fd = os.open(comp, _DIR_FLAGS, dir_fd=cur)
                 except FileNotFoundError:
+                    if via_link and create:
+                        # like the kernel: a dangling symlink is no place to mkdir -p
+                        where = "/".join([n for _, n in stack] + [comp])
+                        raise ArchiveError(
+                            f"entry {entry!r}: {rel!r} goes through a dangling symlink "
+                            f"(no {where!r})"
+                        ) from None
                     if not create:
                         for d, _ in stack:
                             os.close(d)
@@ -177,7 +184,7 @@ class RootDir:
                         raise UnsafePathError(
                             entry, f"too many symlinks resolving {rel!r}"
                         ) from None
-                    pending.extend(reversed(target.split("/")))
+                    pending.extend((c, True) for c in reversed(target.split("/")))
                     continue
                 stack.append((fd, comp))
         except BaseException:

@@ -47,6 +47,7 @@ class Case:
     base: list[M] = field(default_factory=list)  # an earlier layer, applied first
     fmt: int = tarfile.PAX_FORMAT
     root_only: bool = False
+    raises: type[Exception] | None = None  # for contained cases refused as malformed
 
 
 def _sub(text: str, outside: Path) -> str:
@@ -101,7 +102,11 @@ REFUSED = [
     ),
     Case(
         "symlink-hidden-in-dotdot",
-        [M("dir", "d"), M("symlink", "d/l", "sub/../../../../../outside"), M("file", "d/l/e")],
+        [
+            M("dir", "d/sub"),
+            M("symlink", "d/l", "sub/../../../../../outside"),
+            M("file", "d/l/e"),
+        ],
     ),
     Case("symlink-loop", [M("symlink", "a", "b"), M("symlink", "b", "a"), M("file", "a/x")]),
     Case("hardlink-dotdot-target", [M("hardlink", "h", "../../../outside/sentinel")]),
@@ -184,6 +189,11 @@ CONTAINED: list[tuple[Case, Callable[[Path], bool]]] = [
         lambda r: os.listdir(r) == [],
     ),
     (
+        Case("dangling-symlink-parent", [M("symlink", "l", "nowhere/deeper"), M("file", "l/x")],
+             raises=ArchiveError),
+        lambda r: sorted(os.listdir(r)) == ["l"],
+    ),
+    (
         # a ustar name field ends at its first NUL: what follows is never seen
         Case("nul-in-ustar-name", [M("file", "ok\x00/../../../../outside/evil")], fmt=tarfile.USTAR_FORMAT),
         lambda r: os.listdir(r) == ["ok"],
@@ -255,7 +265,11 @@ def test_contained(
 ) -> None:
     root, outside = arena
     before = _snapshot(tmp_path, root)
-    _apply_case(case, root, outside, gz=False)
+    if case.raises is not None:
+        with pytest.raises(case.raises):
+            _apply_case(case, root, outside, gz=False)
+    else:
+        _apply_case(case, root, outside, gz=False)
     assert check(root)
     assert _snapshot(tmp_path, root) == before
     assert (outside / "sentinel").read_text() == "untouched"

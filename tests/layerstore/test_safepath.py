@@ -63,6 +63,7 @@ def root(tmp_path: Path) -> Path:
     os.symlink("loop2", r / "loop1")
     os.symlink("loop1", r / "loop2")
     (r / "file").write_text("")
+    os.symlink("missing/dir", r / "dangling")
     return r
 
 
@@ -102,6 +103,7 @@ def test_resolve_dir_follows_inside_symlinks(root: Path, path: str, canonical: s
         ("lib/../up/x", UnsafePathError, "climbs above the root"),
         ("loop1", UnsafePathError, "too many symlinks"),
         ("file/x", ArchiveError, "not a directory"),
+        ("dangling/x", ArchiveError, "dangling symlink"),
     ],
 )
 def test_resolve_dir_refuses(root: Path, path: str, error: type[Exception], match: str) -> None:
