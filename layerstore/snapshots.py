@@ -22,7 +22,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -207,6 +207,18 @@ class SnapshotStore:
         trash = self.root / f"{_TRASH_PREFIX}{path.name}-{secrets.token_hex(4)}"
         os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+    def prune(self, keep: Iterable[Digest]) -> list[Digest]:
+        """Remove every snapshot whose diff ID is not in ``keep``; returns the removed ones.
+
+        For the store's garbage collection; the caller makes sure no build holds a mount.
+        """
+        wanted = set(keep)
+        removed = []
+        for snap in self.list():
+            if snap.diff_id not in wanted and self.remove(snap.diff_id):
+                removed.append(snap.diff_id)
+        return removed
 
     def remove(self, diff_id: Digest) -> bool:
         """Delete the snapshot of ``diff_id``; False when there was none.

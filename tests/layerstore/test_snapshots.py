@@ -120,6 +120,16 @@ def test_remove_and_recover(env: tuple[SnapshotStore, BlobStore]) -> None:
     assert snaps.list() == []
 
 
+def test_prune_keeps_only_what_is_asked(env: tuple[SnapshotStore, BlobStore]) -> None:
+    snaps, blobs = env
+    a, b = _layer(blobs, BASE), _layer(blobs, TOP)
+    pa = snaps.ensure(a.descriptor(), a.diff_id)
+    pb = snaps.ensure(b.descriptor(), b.diff_id)
+    assert snaps.prune([a.diff_id]) == [b.diff_id]
+    assert pa.is_dir() and not pb.exists()
+    assert [s.diff_id for s in snaps.list()] == [a.diff_id]
+
+
 def test_debris_of_dead_unpackers_is_cleaned(env: tuple[SnapshotStore, BlobStore]) -> None:
     snaps, blobs = env
     layer = _layer(blobs, BASE)
