@@ -15,6 +15,7 @@ second waits and then finds the first one's snapshot.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import os
@@ -208,13 +209,13 @@ class SnapshotStore:
         os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def prune(self, keep: Iterable[Digest]) -> list[Digest]:
+    def prune(self, keep: Iterable[Digest]) -> builtins.list[Digest]:
         """Remove every snapshot whose diff ID is not in ``keep``; returns the removed ones.
 
         For the store's garbage collection; the caller makes sure no build holds a mount.
         """
         wanted = set(keep)
-        removed = []
+        removed: builtins.list[Digest] = []
         for snap in self.list():
             if snap.diff_id not in wanted and self.remove(snap.diff_id):
                 removed.append(snap.diff_id)
