@@ -387,7 +387,7 @@ class Authenticator:
                 return self._basic() if not self.credentials.anonymous else None
             if self._scheme != "bearer":
                 return None
-            key = tuple(sorted(set(scopes)))
+            key = merge_scopes(scopes)
             token = self._tokens.get(key)
             if token is None or token.expires <= time.time():
                 token = self._fetch_token(key, transport)
@@ -400,7 +400,7 @@ class Authenticator:
             return False
         with self._lock:
             if challenge.scheme == "basic":
-                # The transport retries a request once, so a second 401 is final.
+                # The transport bounds the rounds, so wrong credentials end in a final 401.
                 self._scheme = "basic"
                 return not self.credentials.anonymous
             if challenge.scheme != "bearer" or "realm" not in challenge.params:
@@ -411,11 +411,11 @@ class Authenticator:
             wanted = list(scopes)
             if extra := challenge.params.get("scope"):
                 wanted.extend(extra.split(" "))
-            key = merge_scopes(wanted)
-            self._tokens.pop(tuple(sorted(set(scopes))), None)
-            token = self._fetch_token(key, transport)
+            own = merge_scopes(scopes)
+            self._tokens.pop(own, None)  # rejected (expired early, or too narrow)
+            token = self._fetch_token(merge_scopes(wanted), transport)
             # Requests naming only ``scopes`` use the wider token the server asked for.
-            self._tokens[tuple(sorted(set(scopes)))] = token
+            self._tokens[own] = token
             return True
 
     def explain(self, err: ResponseError, scopes: tuple[str, ...] = ()) -> ResponseError:
