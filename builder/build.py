@@ -16,8 +16,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
+from builder.dockerfile.instructions import Dockerfile
 from builder.errors import BuildError, ContextError
 from builder.executor import Executor, ExecutorOptions, StageResult, StepResult
 from builder.outputs import ExportContext, OutputSpec, export
@@ -25,6 +26,9 @@ from builder.progress import PlainProgress, Progress
 from layerstore.descriptor import Descriptor, MediaType, Platform
 from layerstore.manifest import Manifest
 from layerstore.store import Store
+
+if TYPE_CHECKING:
+    from builder.ignore import IgnoreMatcher
 
 
 @dataclass
@@ -131,12 +135,69 @@ def _read_dockerfile(
         raise ContextError(f"cannot read Dockerfile {str(path)!r}: {e.strerror}") from None
 
 
+def _ignore_matcher(root: Path | None, dockerfile: Path | None) -> IgnoreMatcher | None:
+    """The context's ignore rules; None (and builder.ignore never imported) when it has none."""
+    if root is None:
+        return None
+    candidates = [root / ".dockerignore"]
+    if dockerfile is not None:
+        candidates.append(dockerfile.with_name(dockerfile.name + ".dockerignore"))
+    if not any(p.is_file() for p in candidates):
+        return None
+    from builder.ignore import load_matcher  # picks which of the two applies
+
+    return load_matcher(root, dockerfile)
+
+
+def _parser_identity() -> str:
+    """What a cached parse depends on besides the text: the front end's own files."""
+    import builder.dockerfile as front_end
+
+    package = Path(front_end.__file__).parent
+    parts = []
+    for path in sorted(package.glob("*.py")) + sorted(package.parent.parent.glob("*.lark")):
+        st = path.stat()
+        parts.append(f"{path.name}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)
+
+
+def parse_cached(store: Store, text: str, filename: str) -> Dockerfile:
+    """``builder.dockerfile.parse``, memoised in the store by text and parser version.
+
+    Building the LALR parser and running it is most of a fully cached build's own time
+    (~60 ms of ~110 ms), so an unchanged Dockerfile is read back from a pickle instead.
+    The pickle lives in the user's own store, which is trusted like the rest of it.
+    """
+    import hashlib
+    import pickle
+
+    key = hashlib.sha256(f"{_parser_identity()}\0{filename}\0{text}".encode()).hexdigest()
+    path = store.root / "cache" / "dockerfiles" / key
+    try:
+        with open(path, "rb") as f:
+            cached = pickle.load(f)
+        if isinstance(cached, Dockerfile):
+            return cached
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        pass
+    from builder.dockerfile import parse
+
+    dockerfile = parse(text, filename)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(dockerfile, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except (OSError, pickle.PicklingError, TypeError):
+        pass  # a cache, not a requirement
+    return dockerfile
+
+
 def build(options: BuildOptions, progress: Progress | None = None) -> BuildResult:
     """Run a whole build; raises BuildError (and StoreError/RegistryError) subclasses."""
     from builder.cache import CacheIndex
     from builder.context import materialize
-    from builder.dockerfile import parse
-    from builder.ignore import IgnoreMatcher, load_matcher
     from builder.plan import automatic_platform_args, build_plan
 
     started = time.monotonic()
@@ -165,12 +226,10 @@ def build(options: BuildOptions, progress: Progress | None = None) -> BuildResul
     try:
         with materialize(options.context, stdin=stdin) as ctx:
             text, name, df_path = _read_dockerfile(options, ctx.root, ctx.dockerfile_text)
-            dockerfile = parse(text, name)
+            dockerfile = parse_cached(store, text, name)
             for warning in dockerfile.warnings:
                 progress.message(f"warning: {warning}")
-            matcher: IgnoreMatcher | None = None
-            if ctx.root is not None:
-                matcher = load_matcher(ctx.root, df_path)
+            matcher = _ignore_matcher(ctx.root, df_path)
             platform_args = automatic_platform_args()
             plan = build_plan(
                 dockerfile,

@@ -34,7 +34,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builder import imageconfig as ic
 from builder.cache import CachedState, CacheIndex, LayerRef
@@ -56,13 +56,15 @@ from builder.fileops import (
     scoped_resolve,
     walk_source,
 )
-from builder.ignore import IgnoreMatcher
 from builder.plan import BuildPlan, StageNode
 from builder.progress import Progress, StepEvent
 from layerstore.config import ImageConfig
 from layerstore.descriptor import Platform
 from layerstore.digest import Digest
 from layerstore.store import Store
+
+if TYPE_CHECKING:
+    from builder.ignore import IgnoreMatcher
 
 METADATA = (
     ins.Env,
@@ -1028,6 +1030,8 @@ def _with_excludes(
     """``base`` plus ``COPY --exclude`` patterns, matched below the root and each source."""
     if not patterns:
         return base
+    from builder.ignore import IgnoreMatcher
+
     matcher = IgnoreMatcher.from_patterns(patterns)
     prefixes = [s.rel for s in sources if s.rel and s.is_dir]
 
