@@ -10,11 +10,17 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from registry.reference import Reference
+
+if TYPE_CHECKING:  # heavy modules load only when a command runs
+    from layerstore.descriptor import Platform
+    from layerstore.store import Store
+    from registry.client import Client
+    from registry.progress import ProgressSink
 
 
 def _transport_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -53,20 +59,20 @@ def _parse_ref(text: str) -> Reference:
     return Reference.parse(text)
 
 
-def _client(ref: Reference, insecure: tuple[str, ...]) -> Any:
+def _client(ref: Reference, insecure: tuple[str, ...]) -> Client:
     from registry.client import Client
     from registry.transport import TransportOptions
 
     return Client.for_reference(ref, options=TransportOptions.from_env(insecure))
 
 
-def _sink(progress: str, quiet: bool) -> Any:
+def _sink(progress: str, quiet: bool) -> ProgressSink:
     from registry.progress import make_progress
 
     return make_progress("quiet" if quiet else progress)
 
 
-def _platform(text: str | None) -> Any:
+def _platform(text: str | None) -> Platform | None:
     if text is None:
         return None
     from layerstore.descriptor import Platform
@@ -77,7 +83,7 @@ def _platform(text: str | None) -> Any:
         raise click.BadParameter(str(e), param_hint="--platform") from None
 
 
-def _store() -> Any:
+def _store() -> Store:
     from layerstore.store import Store
 
     return Store.open()
@@ -163,7 +169,7 @@ def push(
         )
 
 
-def _local_name(store: Any, text: str) -> str:
+def _local_name(store: Store, text: str) -> str:
     """A local image by normalised name when it parses as one, else as given (an ID)."""
     from registry.errors import InvalidReference
 
