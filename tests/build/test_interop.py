@@ -154,3 +154,14 @@ def test_pull_re_resolves_the_base(
     assert "STEP 2/2: CACHED" in cached.stderr  # the local copy is used without --pull
     pulled = fresh_store.build(tmp_path, "--pull")
     assert "[stage-0] new" in pulled.stderr
+
+
+def test_registry_output_pushes_named_image(
+    pybuild: Pybuild,
+    context: Callable[[str], Path],
+    pushed_base: str,
+) -> None:
+    name = f"{pushed_base}/interop/exported:7"
+    pybuild.build(context("interop"), "--build-arg", f"REGISTRY={pushed_base}",
+                  "-o", f"type=registry,name={name}")  # fmt: skip
+    assert "7" in pybuild("ls-tags", f"{pushed_base}/interop/exported").stdout.split()

@@ -75,3 +75,16 @@ def test_copy_errors_name_the_line(pybuild: Pybuild, tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text("FROM busybox:test\nUSER ghost\nRUN true\n")
     res = pybuild.build(tmp_path, check=False)
     assert res.returncode == 1 and "Dockerfile:3: RUN: unable to find user ghost" in res.stderr
+
+
+def test_bind_mount_from_stage(pybuild: Pybuild, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox:test AS tools\nRUN mkdir /kit && echo from-tools > /kit/note\n"
+        "RUN echo second-layer > /kit/more\n"
+        "FROM busybox:test\n"
+        "RUN --mount=type=bind,from=tools,source=/kit,target=/mnt/kit cat /mnt/kit/note "
+        "/mnt/kit/more > /copied\n"
+    )
+    out = tree(pybuild.export(tmp_path, tmp_path / "out"))
+    assert out["copied"][4] == "from-tools\nsecond-layer\n"
+    assert "mnt" not in out and "kit" not in out
