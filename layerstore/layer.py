@@ -1378,6 +1378,8 @@ def _apply_pax(m: TarMember, records: dict[str, bytes]) -> None:
 # PATH_MAX: descriptor-relative walking would let deeper trees through, which no other
 # tool could then open or delete
 _MAX_NAME = 4096
+# deeper trees cannot be removed again by recursive walkers (shutil.rmtree among them)
+_MAX_DEPTH = 512
 # errors an entry itself causes (a name too long, a link to a directory, …)
 _ENTRY_ERRNOS = frozenset(
     {errno.ENAMETOOLONG, errno.EINVAL, errno.EEXIST, errno.ENOTDIR, errno.EISDIR,
@@ -1428,6 +1430,10 @@ class LayerReader:
                     if len(member.name) > _MAX_NAME:
                         raise ArchiveError(
                             f"entry {member.name[:80]!r}…: name longer than {_MAX_NAME} bytes"
+                        )
+                    if member.name.count("/") > _MAX_DEPTH:
+                        raise ArchiveError(
+                            f"entry {member.name[:80]!r}…: more than {_MAX_DEPTH} directory levels"
                         )
                     try:
                         run.entry(tar, member)
