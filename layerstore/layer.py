@@ -7,8 +7,12 @@ holds a whole layer in memory. Gzip is compressed pigz-style: every block is def
 independently on a thread pool (zlib releases the GIL), primed with the previous block's
 last 32 KiB as a dictionary and ended with a sync flush, so the concatenation is ONE
 ordinary gzip member whose bytes depend only on the input, the level and the block size —
-never on the number of threads. Zstd uses libzstd's own worker threads, whose output is
-independent of the worker count as long as it is at least one.
+never on the number of threads (nor on anything but the bytes: segments that are already
+compressed are stored, not deflated, which is three times faster and no larger). The bytes
+do depend on the zlib build, as any gzip does. Zstd uses libzstd's own worker threads,
+whose output is independent of the worker count as long as it is at least one. Blob
+writes and diff-ID hashing run on their own threads (hashlib and file writes release the
+GIL too), so generating the tar is the only serial part.
 
 The tar is what BuildKit and containerd produce: entries in walk order (each directory's
 children sorted byte-wise, parents before children), ustar headers with PAX records only
@@ -17,8 +21,13 @@ uname/gname, numeric ownership, whole-second mtimes clamped to ``SOURCE_DATE_EPO
 hard links to the first path in that order, overlay whiteouts as ``.wh.<name>`` and opaque
 directories as ``<dir>/.wh..wh..opq``.
 
-Applying decompresses by magic bytes and writes every entry through
-:class:`layerstore.safepath.RootDir`, so no entry can reach outside the target.
+Applying decompresses by magic bytes (on a read-ahead thread), parses the tar with a small
+forward-only reader and writes every entry through :class:`layerstore.safepath.RootDir`,
+so no entry can reach outside the target. Whiteouts and opaque markers hide only what
+lower layers left, wherever they sit in the tar. Known limit: in overlay form a layer is
+unpacked on its own, so an entry written *through* a symlink of a lower layer (``lib/x``
+without a ``lib/`` entry, where a lower ``lib -> usr/lib``) becomes a real ``lib``
+directory that hides the lower symlink; layers made from overlay diffs never do that.
 """
 
 from __future__ import annotations
