@@ -444,9 +444,10 @@ class Client:
 
         ``"exists"`` (HEAD found it), ``"mounted"`` (cross-repository mount), or
         ``"uploaded"``. Small blobs (and, with ``whole``, streams that cannot seek) are sent
-        as POST + one PUT; large ones as PATCH chunks
-        that resume from the registry's ``Range`` after a broken connection. A session
-        whose commit failed is abandoned and a new one started (distribution drops it).
+        as POST + one PUT; large ones as PATCH chunks that resume from the registry's
+        ``Range`` after a broken connection. A session whose commit failed, or that
+        disagrees about the offset (416), is abandoned and a new one started (distribution
+        drops a session after a failed commit).
         """
         if check_exists and self.blob_size(ref, digest, push=True) is not None:
             progress(size)
@@ -478,7 +479,7 @@ class Client:
                     self._put_chunked(ref, location, digest, size, opener, progress)
                 return "uploaded"
             except (TransportError, ResponseError) as e:
-                retryable = getattr(e, "retryable", False)
+                retryable = getattr(e, "retryable", False) or getattr(e, "status", 0) == 416
                 if not retryable or attempt >= policy.attempts:
                     raise
                 if time.monotonic() - started > policy.total:
@@ -488,6 +489,7 @@ class Client:
                 # blob may have landed anyway (the reply was lost): check first.
                 if self.blob_size(ref, digest, push=True) is not None:
                     return "uploaded"
+                self.cancel_upload(ref, location)  # do not leave the dead session behind
                 location = None
 
     def _commit_url(self, location: str, digest: Digest) -> str:
@@ -579,7 +581,7 @@ class Client:
                         what=f"blob {digest.short} to {ref.name}",
                     )
                 except (TransportError, ResponseError) as e:
-                    if not getattr(e, "retryable", False):
+                    if not (getattr(e, "retryable", False) or getattr(e, "status", 0) == 416):
                         raise
                     failures += 1
                     if failures >= policy.attempts:
