@@ -180,6 +180,18 @@ class Client:
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
         return Descriptor(media_type, Digest.parse(header), int(size))
 
+    def resolve(self, ref: Reference) -> Descriptor:
+        """What ``ref`` names now (media type, digest, size), without fetching blobs.
+
+        Raises :class:`NotFound` when the tag or digest does not exist.
+        """
+        desc = self.head_manifest(ref)
+        if desc is None:
+            raise NotFound(
+                f"manifest_unknown: {ref} does not exist", status=404, codes=("MANIFEST_UNKNOWN",)
+            )
+        return desc
+
     def put_manifest(self, ref: Reference, raw: bytes, media_type: str) -> Digest:
         """PUT a manifest/index under ``ref``'s tag (or its digest); checks the digest back."""
         digest = Digest.of(raw)

@@ -127,3 +127,18 @@ def test_copy_between_registries_streams_and_survives_a_drop(
     assert pull(dst, check).digest == image.digest
     for blob in image.layers:
         assert check.blobs.read_bytes(Digest.of(blob)) == blob
+
+
+def test_resolve_without_pulling(plain_registry: RegistryServer, client_env: Path) -> None:
+    from registry.errors import NotFound
+
+    store = Store.open()
+    image = build_image(store, "local/r:1")
+    ref = Reference.parse(plain_registry.ref("resolve/app:1"))
+    push("local/r:1", ref, store)
+    with Client.for_reference(ref) as client:
+        desc = client.resolve(ref)
+        assert desc.digest == image.digest and desc.size == len(image.manifest)
+        assert client.resolve(ref.with_digest(image.digest)).digest == image.digest
+        with pytest.raises(NotFound):
+            client.resolve(ref.with_tag("missing"))
