@@ -906,3 +906,55 @@ def test_overlay_upperdir_diff_round_trip(tmp_path: Path, blobs: BlobStore) -> N
     shutil.copytree(lower, target, symlinks=True)
     apply_layer(blobs.path(layer.digest), target)
     assert tree_model(target, mtimes=False) == expected
+
+
+@pytest.mark.tools
+def test_umoci_unpacks_our_layers(tmp_path: Path) -> None:
+    """A Go implementation (umoci: archive/tar, gzip, whiteouts) reads what we write."""
+    if not shutil.which("umoci"):
+        pytest.skip("needs umoci")
+    layout = tmp_path / "layout"
+    blobs = BlobStore(layout)
+    base_tree = tmp_path / "base"
+    build_tree(base_tree, CASES[0]["upper"] + CASES[1]["upper"])
+    base = write_layer(base_tree, blobs, overlay=False, source_date_epoch=0)
+    top = write_layer_from_entries(
+        [
+            LayerEntry("etc/shadow", kind="whiteout"),
+            LayerEntry("etc", kind="dir"),
+            LayerEntry("etc/hello", content=b"hi\n"),
+            LayerEntry("srv", kind="opaque"),
+            LayerEntry("srv", kind="dir", mode=0o700),
+            LayerEntry("srv/new", content=b"n"),
+        ],
+        blobs,
+        level=9,
+    )
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "config": {},
+         "rootfs": {"type": "layers", "diff_ids": [str(base.diff_id), str(top.diff_id)]}}
+    ).encode()  # fmt: skip
+    config_digest = blobs.put_bytes(config)
+    manifest = json.dumps(
+        {"schemaVersion": 2, "mediaType": MediaType.OCI_MANIFEST,
+         "config": {"mediaType": MediaType.OCI_CONFIG, "digest": str(config_digest), "size": len(config)},
+         "layers": [base.descriptor().to_json(), top.descriptor().to_json()]}
+    ).encode()  # fmt: skip
+    manifest_digest = blobs.put_bytes(manifest)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (layout / "index.json").write_text(
+        json.dumps(
+            {"schemaVersion": 2, "manifests": [{"mediaType": MediaType.OCI_MANIFEST,
+             "digest": str(manifest_digest), "size": len(manifest),
+             "annotations": {"org.opencontainers.image.ref.name": "t"}}]}
+        )
+    )  # fmt: skip
+    bundle = tmp_path / "bundle"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:t", str(bundle)], check=True, capture_output=True
+    )
+    rootfs = bundle / "rootfs"
+    assert sorted(os.listdir(rootfs / "etc")) == ["hello", "hostname"]
+    assert os.listdir(rootfs / "srv") == ["new"]
+    assert (rootfs / "usr" / "bin" / "su").stat().st_mode & 0o7777 == 0o4755
+    assert os.path.samefile(rootfs / "bin" / "sh", rootfs / "sbin" / "init")
