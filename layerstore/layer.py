@@ -891,6 +891,8 @@ class LayerWriter:
         threads: int | None = None,
         block_size: int = BLOCK_SIZE,
     ) -> None:
+        if compression == "uncompressed":  # BuildKit's name (--output compression=…)
+            compression = "none"
         self.media_type = layer_media_type(compression, media_type_family)
         self.blobs = blobs
         self.compression = compression

@@ -420,6 +420,8 @@ def test_docker_media_types(tmp_path: Path, blobs: BlobStore) -> None:
         "digest": str(layer.digest),
         "size": layer.size,
     }
+    plain = write_layer(tmp_path / "src", blobs, compression="uncompressed")
+    assert plain.media_type == MediaType.OCI_LAYER and plain.digest == plain.diff_id
     with pytest.raises(ValueError, match="unknown layer format"):
         write_layer(tmp_path / "src", blobs, compression="bzip2")
 
