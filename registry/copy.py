@@ -101,7 +101,7 @@ def copy_image(
                         result.mounted += 1
                     else:
                         result.existing += 1
-                sink.finish(key, "done" if how == "uploaded" else how)
+                sink.finish(key, "copied" if how == "uploaded" else how)
                 return None
 
             pool.add(key, one)

@@ -33,7 +33,8 @@ class ProgressSink:
         return _ignore
 
     def finish(self, key: str, status: str) -> None:
-        """A transfer ended: ``done``, ``exists``, ``mounted``, ``skipped`` or ``failed``."""
+        """A transfer ended: ``downloaded``, ``uploaded``, ``copied``, ``exists``,
+        ``mounted`` or ``failed``."""
 
     def note(self, text: str) -> None:
         """A one-line event that is not a blob (resolved digest, manifest pushed)."""
@@ -52,29 +53,32 @@ class PlainProgress(ProgressSink):
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self._lock = threading.Lock()
-        self._tasks: dict[str, tuple[str, int | None, float, list[int]]] = {}
+        self._tasks: dict[str, tuple[str, int | None, list[float]]] = {}
 
     def _line(self, text: str) -> None:
         with self._lock:
             print(text, file=self.stream, flush=True)
 
     def task(self, key: str, label: str, total: int | None) -> Advance:
-        done = [0]
-        self._tasks[key] = (label, total, time.monotonic(), done)
+        # [bytes so far, monotonic time of the first byte (0: none yet)]
+        state: list[float] = [0, 0.0]
+        self._tasks[key] = (label, total, state)
 
         def advance(n: int) -> None:
-            done[0] += n
+            if not state[1]:
+                state[1] = time.monotonic()
+            state[0] += n
 
         return advance
 
     def finish(self, key: str, status: str) -> None:
-        label, total, started, done = self._tasks.pop(key, (key, None, time.monotonic(), [0]))
-        elapsed = max(time.monotonic() - started, 1e-6)
-        size = total if total is not None else done[0]
-        if status == "done" and done[0]:
-            rate = f" in {elapsed:.1f}s ({_human(done[0] / elapsed)}/s)"
-        else:
-            rate = ""
+        label, total, state = self._tasks.pop(key, (key, None, [0, 0.0]))
+        moved, first = state
+        size = total if total is not None else int(moved)
+        rate = ""
+        if status in ("downloaded", "uploaded", "copied") and moved and first:
+            elapsed = max(time.monotonic() - first, 1e-3)
+            rate = f" in {elapsed:.1f}s ({_human(moved / elapsed)}/s)"
         self._line(f"{label}: {status} {_human(size)}{rate}")
 
     def note(self, text: str) -> None:

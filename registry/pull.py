@@ -144,7 +144,7 @@ def _pull(
                 key: str = key,
             ) -> object:
                 client.fetch_blob(ref, desc, store.blobs, progress=advance, url=url)
-                sink.finish(key, "done")
+                sink.finish(key, "downloaded")
                 return None
 
             pool.add(key, fetch)

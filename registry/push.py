@@ -174,7 +174,7 @@ def _push(
                     result.mounted += 1
                 else:
                     result.existing += 1
-            sink.finish(key, how if how != "uploaded" else "done")
+            sink.finish(key, how)
             return None
 
         pool.add(key, upload)

@@ -98,7 +98,7 @@ def test_cli_workflow(
     code, out, err = run(["pull", "--progress", "plain", f"{repo}:2"], capsys)
     assert code == 0, err
     assert str(image.digest) in out
-    assert "done" in err  # plain progress: one line per blob
+    assert "downloaded" in err  # plain progress: one line per blob
     fresh = Store.open()
     assert fresh.images.resolve(f"{repo}:2").digest == image.digest
     for blob in image.layers:

@@ -185,12 +185,12 @@ def test_progress_sinks_report_each_blob() -> None:
     advance = sink.task("k", "abc123", 2000)
     advance(1000)
     advance(1000)
-    sink.finish("k", "done")
+    sink.finish("k", "uploaded")
     sink.note("app: pushed sha256:x")
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("abc123: done 2.0 kB") and lines[1] == "app: pushed sha256:x"
+    assert lines[0].startswith("abc123: uploaded 2.0 kB in ") and lines[1] == "app: pushed sha256:x"
     rich = RichProgress()
     step = rich.task("k", "abc123", 10)
     step(10)
-    rich.finish("k", "done")
+    rich.finish("k", "downloaded")
     rich.close()
