@@ -321,6 +321,7 @@ class Client:
                     stream=True,
                     ok=(200, 206),
                     what=f"blob {desc.digest.short} of {ref.name}",
+                    trusted=url is None,
                 )
                 try:
                     if writer.size and response.status_code != 206:

@@ -468,11 +468,14 @@ class Transport:
         ok: Iterable[int] = (200,),
         what: str = "",
         hint: str = "",
+        trusted: bool = True,
     ) -> httpx.Response:
         """Send one API request; return the response when its status is in ``ok``.
 
         ``scopes`` are the token scopes the request needs. With ``stream`` the caller must
         close the response. Other statuses raise typed :class:`ResponseError` subclasses.
+        ``trusted=False`` marks a URL from a document (a foreign layer's ``urls``): it gets
+        no registry credentials unless it is on the registry's own host.
         """
         ok_set = frozenset(ok)
         policy = self.options.retry
@@ -492,6 +495,7 @@ class Transport:
                     content=content,
                     stream=stream,
                     follow_redirects=follow_redirects,
+                    trusted=trusted,
                 )
             except httpx.HTTPError as e:
                 error: Exception = TransportError(_describe(e, self.host))
@@ -555,15 +559,17 @@ class Transport:
         content: Body,
         stream: bool,
         follow_redirects: bool,
+        trusted: bool,
     ) -> httpx.Response:
         hdrs = dict(headers or {})
-        foreign = urlsplit(url).netloc != self.host
+        # A URL the registry did not hand us (a foreign layer's ``urls``) on another host never
+        # gets registry credentials; upload Locations on another host are the registry's own.
+        foreign = not trusted and urlsplit(url).netloc != self.host
         if self.auth is not None and not foreign:
             value = self.auth.header(scopes, self)
             if value:
                 hdrs["Authorization"] = value
         body = content() if callable(content) else content
-        # A URL on another host (a foreign layer's ``urls``) never gets registry credentials.
         client = (
             self._foreign_client() if foreign else self._client(urlsplit(url).scheme or self.scheme)
         )

@@ -20,7 +20,7 @@ from registry.push import push
 from registry.reference import Reference
 from registry.transport import TransportOptions, configured_insecure, is_loopback
 
-from .conftest import Fault, FaultProxy, RegistryServer, build_image
+from .conftest import Fault, FaultProxy, RegistryServer, build_image, login_env
 
 SCHEMA1 = json.dumps(
     {"schemaVersion": 1, "name": "old/app", "tag": "1", "fsLayers": [], "history": []}
@@ -90,8 +90,19 @@ def test_next_link(header: str | None, expected: str | None) -> None:
 
 @pytest.mark.registry
 def test_foreign_layers_are_not_pushed_or_fetched_unless_allowed(
-    plain_registry: RegistryServer, fault_proxy: FaultProxy, client_env: Path
+    token_registry: RegistryServer,
+    token_proxy: FaultProxy,
+    client_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Through a proxy with credentials for it: the foreign URL (localhost:PORT, another
+    # host name for the same proxy) must be fetched without them.
+    login_env(token_registry, monkeypatch, client_env)
+    cfg = client_env / "docker" / "config.json"
+    doc = json.loads(cfg.read_text())
+    doc["auths"][token_proxy.host] = doc["auths"][token_registry.host]
+    cfg.write_text(json.dumps(doc))
+    fault_proxy = token_proxy
     store = Store.open()
     image = build_image(store, "local/base:1")
     own = Manifest.from_bytes(image.manifest)
@@ -114,7 +125,7 @@ def test_foreign_layers_are_not_pushed_or_fetched_unless_allowed(
     )
     desc = store.put_manifest(manifest)
     store.images.tag("local/foreign:1", desc)
-    ref = Reference.parse(plain_registry.ref("foreign/app:1"))
+    ref = Reference.parse(f"{token_proxy.host}/foreign/app:1")
     result = push("local/foreign:1", ref, store)
     assert result.digest == manifest.digest and result.uploaded == 2  # config + own layer
     dst = Store.open(client_env / "dst")
@@ -126,6 +137,8 @@ def test_foreign_layers_are_not_pushed_or_fetched_unless_allowed(
     assert pull(ref, allowed, allow_foreign=True).fetched == 3
     assert allowed.blobs.read_bytes(foreign.digest) == foreign_bytes
     assert fault_proxy.storage_requests and "Authorization" not in fault_proxy.storage_requests[0]
+    registry_calls = [h for _, p, h in fault_proxy.requests if p.startswith("/v2/foreign/")]
+    assert any("Authorization" in h for h in registry_calls)  # the registry itself got them
 
 
 def test_insecure_registries_from_docker_and_containers_config(
