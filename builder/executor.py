@@ -597,6 +597,12 @@ class Executor:
         from builder.sandbox import BindMount, SandboxConfig, TmpfsMount, run_in_sandbox
 
         config = state.config
+        if instruction.security == "insecure":
+            raise DockerfileError(
+                "RUN --security=insecure is not supported: pybuild grants no extra privileges",
+                filename=self.dockerfile.filename,
+                line=instruction.line,
+            )
         script_file: tuple[str, str] | None = None
         if instruction.heredocs and not instruction.json_form:
             argv, script_file = self._heredoc_argv(instruction, config)
