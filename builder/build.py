@@ -55,6 +55,42 @@ class BuildOptions:
     store_root: Path | None = None
     stdin: BinaryIO | None = None
     source_date_epoch: int | None = None
+    secrets: Mapping[str, bytes] = field(default_factory=dict)
+
+
+def parse_secret(spec: str) -> tuple[str, bytes]:
+    """One ``--secret`` (buildx syntax): ``id=ID[,src=FILE|,env=VAR][,type=file|env]``.
+
+    With neither ``src`` nor ``env``, the secret is the environment variable named ID, or
+    else the file named ID (as buildx decides).
+    """
+    fields: dict[str, str] = {}
+    for part in spec.split(","):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise BuildError(f"--secret {spec!r}: {part!r} is not key=value")
+        fields[key.strip().lower()] = value
+    ident = fields.get("id")
+    if not ident:
+        raise BuildError(f"--secret {spec!r}: id= is missing")
+    kind = fields.get("type")
+    src = fields.get("src") or fields.get("source")
+    env = fields.get("env")
+    if kind == "env" and env is None:
+        env = src or ident
+        src = None
+    if env is not None:
+        if env not in os.environ:
+            raise BuildError(f"--secret {spec!r}: environment variable {env} is not set")
+        return ident, os.environ[env].encode()
+    if src is None:
+        if ident in os.environ:
+            return ident, os.environ[ident].encode()
+        src = ident
+    try:
+        return ident, Path(src).expanduser().read_bytes()
+    except OSError as e:
+        raise BuildError(f"--secret {spec!r}: cannot read {src}: {e.strerror}") from None
 
 
 @dataclass
@@ -254,6 +290,7 @@ def build(options: BuildOptions, progress: Progress | None = None) -> BuildResul
                     debug_cache=options.debug_cache,
                     insecure_registries=options.insecure_registries,
                     platform_args=platform_args,
+                    secrets=dict(options.secrets),
                 ),
             )
             results = executor.run()

@@ -134,6 +134,7 @@ class ExecutorOptions:
     compression: str = "gzip"
     insecure_registries: tuple[str, ...] = ()
     platform_args: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, bytes] = field(default_factory=dict)  # --secret id → value
 
 
 class _Scratch:
@@ -635,9 +636,46 @@ class Executor:
         check_sandbox_support()  # once per process: names the missing kernel feature
         binds: list[Any] = []
         tmpfs: list[Any] = []
+        secret_env: dict[str, str] = {}
         private = self.scratch.directory("run-")
         for mount in instruction.mounts:
             target = mount.target or ""
+            if mount.type == "secret":
+                ident = mount.id or posixpath.basename(target)
+                if not ident:
+                    raise DockerfileError(
+                        "RUN --mount=type=secret needs id= (or target=)",
+                        filename=self.dockerfile.filename,
+                        line=instruction.line,
+                    )
+                value = self.options.secrets.get(ident)
+                if value is None:
+                    if mount.required:
+                        raise DockerfileError(
+                            f"secret {ident!r} is required but was not given (--secret id={ident},src=FILE)",
+                            filename=self.dockerfile.filename,
+                            line=instruction.line,
+                        )
+                    continue
+                if mount.env:
+                    secret_env[mount.env] = value.decode(errors="replace")
+                    if not mount.target:
+                        continue
+                # Secrets are files in the step only: never in a layer, a key or history.
+                secret_dir = private / "secrets"
+                secret_dir.mkdir(exist_ok=True, mode=0o700)
+                secret_file = secret_dir / hashlib.sha256(ident.encode()).hexdigest()[:16]
+                secret_file.write_bytes(value)
+                os.chmod(secret_file, mount.mode if mount.mode is not None else 0o400)
+                os.chown(secret_file, mount.uid or 0, mount.gid or 0)
+                binds.append(BindMount(secret_file, target or f"/run/secrets/{ident}"))
+                continue
+            if mount.type == "ssh":
+                raise DockerfileError(
+                    "RUN --mount=type=ssh is not supported by pybuild yet",
+                    filename=self.dockerfile.filename,
+                    line=instruction.line,
+                )
             if not target.startswith("/"):
                 target = posixpath.join(config.config.working_dir or "/", target)
             if mount.type == "cache":
@@ -660,7 +698,7 @@ class Executor:
             script.write_text(script_file[1])
             script.chmod(0o755)
             binds.append(BindMount(host, "/dev/pipes", readonly=True))
-        env = {**state.args, **proxies, **config.config.env_dict()}
+        env = {**state.args, **proxies, **config.config.env_dict(), **secret_env}
         upper = self.scratch.directory("upper-")
         work = self.scratch.directory("work-")
         try:

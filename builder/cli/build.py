@@ -104,6 +104,13 @@ def _pairs(values: tuple[str, ...], option: str, *, from_env: bool) -> dict[str,
 )
 @click.option("--debug-cache", is_flag=True, help="Print each step's cache key inputs.")
 @click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    metavar="id=ID[,src=FILE|env=VAR]",
+    help="Expose a secret to RUN --mount=type=secret (never stored in the image or cache).",
+)
+@click.option(
     "--insecure-registry",
     "insecure",
     multiple=True,
@@ -129,6 +136,7 @@ def build(
     quiet: bool,
     jobs: int,
     debug_cache: bool,
+    secrets: tuple[str, ...],
     insecure: tuple[str, ...],
 ) -> None:
     """Build an image from a Dockerfile.
@@ -142,8 +150,9 @@ def build(
     pybuild -f - . < Dockerfile
     pybuild -o type=oci,dest=app.tar .
     """
-    from builder.build import BuildOptions
+    from builder.build import BuildOptions, parse_secret
     from builder.build import build as run_build
+    from builder.errors import BuildError
     from builder.outputs import OutputError, parse_output
     from builder.progress import make_progress
 
@@ -153,7 +162,12 @@ def build(
         raise click.BadParameter(str(e), param_hint="--output") from None
     if context == "-" and dockerfile == "-":
         raise click.UsageError("CONTEXT and --file cannot both be '-' (standard input)")
+    try:
+        secret_values = dict(parse_secret(spec) for spec in secrets)
+    except BuildError as e:
+        raise click.BadParameter(str(e), param_hint="--secret") from None
     options = BuildOptions(
+        secrets=secret_values,
         context=context,
         dockerfile=dockerfile,
         tags=tags,

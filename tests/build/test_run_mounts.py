@@ -88,3 +88,24 @@ def test_bind_mount_from_stage(pybuild: Pybuild, tmp_path: Path) -> None:
     out = tree(pybuild.export(tmp_path, tmp_path / "out"))
     assert out["copied"][4] == "from-tools\nsecond-layer\n"
     assert "mnt" not in out and "kit" not in out
+
+
+def test_secrets_reach_run_but_not_the_image(pybuild: Pybuild, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox:test\n"
+        "RUN --mount=type=secret,id=token cat /run/secrets/token > /tmp/leak-check; "
+        "echo file:$(wc -c < /tmp/leak-check); rm /tmp/leak-check\n"
+        "RUN --mount=type=secret,id=token,env=TOKEN echo env:${#TOKEN}\n"
+        "RUN --mount=type=secret,id=absent echo optional-skipped\n"
+    )
+    secret = tmp_path / "token.txt"
+    secret.write_text("s3cr3t-value")
+    res = pybuild.build(tmp_path, "--secret", f"id=token,src={secret}", "-t", "secret:1")
+    assert "file:12" in res.stderr and "env:12" in res.stderr
+    assert "optional-skipped" in res.stderr
+    out = tree(pybuild.export(tmp_path, tmp_path / "out", "--secret", f"id=token,src={secret}"))
+    assert "run/secrets/token" not in out
+    assert not any("s3cr3t" in entry[4] for entry in out.values())
+    assert "s3cr3t" not in pybuild("inspect", "secret:1").stdout
+    bad = pybuild.build(tmp_path, "--secret", "id=token,src=/nonexistent", check=False)
+    assert bad.returncode == 2 and "cannot read" in bad.stderr
