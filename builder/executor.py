@@ -143,7 +143,26 @@ class _Scratch:
     def __init__(self, store: Store) -> None:
         base = store.root / "tmp"
         base.mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix="build-", dir=base))
+        self._remove_stale(base)
+        self.root = Path(tempfile.mkdtemp(prefix=f"build-{os.getpid()}-", dir=base))
+
+    @staticmethod
+    def _remove_stale(base: Path) -> None:
+        """Delete the scratch space of builds that were killed (their process is gone).
+
+        Nothing is mounted on it: mounts exist only in a step's or a thread's own mount
+        namespace and vanish with it.
+        """
+        for entry in base.glob("build-*-*"):
+            pid_text = entry.name.split("-")[1]
+            if not pid_text.isdigit() or int(pid_text) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid_text), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry, ignore_errors=True)
+            except PermissionError:
+                continue
 
     def directory(self, prefix: str) -> Path:
         path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.root))

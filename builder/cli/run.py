@@ -99,7 +99,8 @@ def run(
             for layer in reversed(layers)
         ]
         (store.root / "tmp").mkdir(exist_ok=True)
-        private = Path(tempfile.mkdtemp(prefix="run-", dir=store.root / "tmp"))
+        # named like a build's scratch space, so a later build sweeps it up if we are killed
+        private = Path(tempfile.mkdtemp(prefix=f"build-{os.getpid()}-run-", dir=store.root / "tmp"))
         try:
             (private / "upper").mkdir()
             (private / "work").mkdir()
