@@ -6,8 +6,9 @@ Config and layer blobs missing from the store are downloaded by a bounded pool o
 straight into :class:`~layerstore.blobs.BlobWriter` (digest checked while writing, so a bad
 byte leaves nothing behind). Documents are stored last, after everything they point to,
 and only then is the name tagged, so a failed pull never leaves a name on a partial image.
-Foreign (non-distributable) layers are not fetched from their ``urls`` unless allowed;
-their descriptors are kept in the manifest as they are.
+Foreign (non-distributable) layers are not fetched unless allowed (then from their ``urls``
+in order, without registry credentials, and last from the registry); their descriptors stay
+in the manifest as they are.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from dataclasses import dataclass, field
 
 from layerstore.descriptor import Descriptor, MediaType, Platform
 from layerstore.digest import Digest
-from layerstore.errors import UnsupportedManifest
+from layerstore.errors import DigestMismatch, UnsupportedManifest
 from layerstore.manifest import Index, Manifest, parse_document
 from layerstore.store import Store
 from registry.client import Client, RemoteManifest
-from registry.errors import RegistryError, UnsupportedManifestKind
+from registry.errors import RegistryError, ResponseError, TransportError, UnsupportedManifestKind
 from registry.parallel import TransferPool
 from registry.progress import ProgressSink
 from registry.reference import Reference
@@ -135,15 +136,24 @@ def _pull(
                 continue
             key = str(digest)
             advance = pool.task(key, digest.short, desc.size)
-            url = desc.urls[0] if MediaType.is_foreign(desc.media_type) and desc.urls else None
+            # A foreign layer comes from its urls in order, then from the registry itself.
+            sources: tuple[str | None, ...] = (None,)
+            if MediaType.is_foreign(desc.media_type) and desc.urls:
+                sources = (*desc.urls, None)
 
             def fetch(
                 desc: Descriptor = desc,
                 advance: Callable[[int], None] = advance,
-                url: str | None = url,
+                sources: tuple[str | None, ...] = sources,
                 key: str = key,
             ) -> object:
-                client.fetch_blob(ref, desc, store.blobs, progress=advance, url=url)
+                for i, url in enumerate(sources):
+                    try:
+                        client.fetch_blob(ref, desc, store.blobs, progress=advance, url=url)
+                        break
+                    except (TransportError, ResponseError, DigestMismatch):
+                        if i == len(sources) - 1:
+                            raise
                 sink.finish(key, "downloaded")
                 return None
 
@@ -154,7 +164,8 @@ def _pull(
         for desc, raw in documents:
             store.blobs.put_bytes(raw, desc.digest)
         for digest in (*blobs, *(d.digest for d, _ in documents)):
-            store.images.add_blob_source(digest, ref.registry, ref.repository)
+            if store.blobs.has(digest):
+                store.images.add_blob_source(digest, ref.registry, ref.repository)
         if tag:
             store.images.tag(str(ref), chosen)
         else:
