@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from builder.dockerfile.instructions import Dockerfile
 from builder.errors import BuildError, ContextError
 from builder.executor import Executor, ExecutorOptions, StageResult, StepResult
-from builder.outputs import ExportContext, OutputSpec, export
+from builder.outputs import ExportContext, OutputSpec, export, normalize_tag
 from builder.progress import PlainProgress, Progress
 from layerstore.descriptor import Descriptor, MediaType, Platform
 from layerstore.manifest import Manifest
@@ -119,17 +119,6 @@ class BuildResult:
             "tags": self.names,
             "pushed": self.pushed,
         }
-
-
-def normalize_tag(tag: str) -> str:
-    """The stored form of a ``-t`` name (``app:1`` → ``docker.io/library/app:1``)."""
-    from registry.errors import InvalidReference
-    from registry.reference import Reference
-
-    try:
-        return str(Reference.parse(tag))
-    except InvalidReference as e:
-        raise BuildError(f"invalid tag {tag!r}: {e}") from None
 
 
 def _source_date_epoch(options: BuildOptions) -> int | None:

@@ -45,6 +45,17 @@ class OutputSpec:
         return self.get("dest")
 
 
+def normalize_tag(tag: str) -> str:
+    """The stored form of a ``-t`` name (``app:1`` → ``docker.io/library/app:1``)."""
+    from registry.errors import InvalidReference
+    from registry.reference import Reference
+
+    try:
+        return str(Reference.parse(tag))
+    except InvalidReference as e:
+        raise OutputError(f"invalid tag {tag!r}: {e}") from None
+
+
 def parse_output(text: str) -> OutputSpec:
     """Parse one ``--output`` value (CSV ``key=value`` pairs, or a bare path / ``-``)."""
     text = text.strip()
@@ -85,6 +96,10 @@ class ExportContext:
 def export(spec: OutputSpec, ctx: ExportContext) -> None:
     """Run one exporter."""
     if spec.type == "image":
+        extra = [n for n in (spec.get("name") or "").split(";") if n]
+        if extra:
+            for name in extra:
+                ctx.store.images.tag(normalize_tag(name), ctx.descriptor)
         if spec.get("push", "false") == "true":
             push_all(ctx, _names_of(spec, ctx))
         return

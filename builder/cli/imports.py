@@ -29,7 +29,7 @@ import click
 @click.option("-m", "--message", default="", help="Comment for the history entry.")
 def import_(source: Path, name: str, changes: tuple[str, ...], message: str) -> None:
     """Create image NAME from SOURCE, a root file system directory or a tar archive."""
-    from builder.build import normalize_tag
+    from builder.outputs import normalize_tag
     from builder.dockerfile import instructions as ins
     from builder.dockerfile import parse
     from builder.errors import BuildError
