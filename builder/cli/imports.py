@@ -29,11 +29,11 @@ import click
 @click.option("-m", "--message", default="", help="Comment for the history entry.")
 def import_(source: Path, name: str, changes: tuple[str, ...], message: str) -> None:
     """Create image NAME from SOURCE, a root file system directory or a tar archive."""
-    from builder.outputs import normalize_tag
     from builder.dockerfile import instructions as ins
     from builder.dockerfile import parse
     from builder.errors import BuildError
     from builder.imageconfig import Expander, apply_metadata, base_config, timestamp
+    from builder.outputs import normalize_tag
     from layerstore.descriptor import MediaType, Platform
     from layerstore.layer import write_layer
     from layerstore.manifest import Manifest
