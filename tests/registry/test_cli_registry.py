@@ -167,3 +167,23 @@ def test_login_with_password_stdin(
     # The failed attempt left the saved (good) credentials alone.
     saved = json.loads((client_env / "docker" / "config.json").read_text())["auths"]
     assert srv.host in saved
+
+
+def test_cli_copy_to_and_from_an_oci_layout(
+    plain_registry: RegistryServer, client_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = Store.open()
+    image = build_image(store, "docker.io/library/lay:1")
+    repo = f"{plain_registry.host}/cli/layout"
+    assert run(["push", "-q", "lay:1", f"{repo}:1"], capsys)[0] == 0
+    layout = client_env / "layout"
+    code, out, err = run(["copy", f"docker://{repo}:1", f"oci:{layout}:v1"], capsys)
+    assert code == 0, err
+    assert str(image.digest) in out
+    index = json.loads((layout / "index.json").read_text())
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "v1"
+    code, out, err = run(["copy", "-q", f"oci:{layout}:v1", f"{repo}:from-layout"], capsys)
+    assert code == 0, err
+    assert out.strip() == str(image.digest)
+    code, _, err = run(["copy", f"oci:{layout}:nope", f"{repo}:x"], capsys)
+    assert code == 1 and "no image named 'nope'" in err and "v1" in err
