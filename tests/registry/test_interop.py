@@ -204,3 +204,41 @@ def test_multi_platform_index(
     again = Reference.parse(plain_registry.ref("interop/multi-copy:1"))
     assert push(str(ref), again, every).digest == index.digest
     assert push(str(ref), again, every).existing >= 3
+
+
+UMOCI = shutil.which("umoci")
+
+
+@pytest.mark.tools
+@pytest.mark.skipif(UMOCI is None or SKOPEO is None, reason="umoci/skopeo not installed")
+def test_oci_layout_written_by_copy_is_valid(
+    plain_registry: RegistryServer, client_env: Path
+) -> None:
+    from registry.locations import copy_between, parse_location
+
+    store = Store.open()
+    image = build_image(store, "local/umoci:1", layers=[{"etc/umoci-was-here": b"yes\n"}])
+    ref = Reference.parse(plain_registry.ref("interop/umoci:1"))
+    push("local/umoci:1", ref, store)
+    layout = client_env / "layout"
+    copy_between(parse_location(str(ref)), parse_location(f"oci:{layout}:v1"))
+    assert UMOCI is not None and SKOPEO is not None
+    bundle = client_env / "bundle"
+    done = subprocess.run(
+        [UMOCI, "unpack", "--image", f"{layout}:v1", str(bundle)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_tool_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert (bundle / "rootfs" / "etc" / "umoci-was-here").read_bytes() == b"yes\n"
+    out = subprocess.run(
+        [SKOPEO, "inspect", f"oci:{layout}:v1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=_tool_env(),
+    )
+    assert json.loads(out.stdout)["Digest"] == str(image.digest)
