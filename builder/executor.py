@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -205,29 +205,41 @@ class Executor:
         self.consumed_args: set[str] = set()
         self.platform = Platform.host()
         self.scratch = _Scratch(store)
-        self._materialized: dict[int, Path] = {}
 
     # -- driver ----------------------------------------------------------------------------
 
     def run(self) -> dict[int, StageResult]:
+        """Build every needed stage; a stage starts as soon as the stages it needs are done."""
         try:
             with self.store.lease():
-                jobs = max(1, self.options.jobs)
-                with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as pool:
-                    for level in self.plan.levels:
-                        futures = [pool.submit(self._run_stage, self.plan.stages[i]) for i in level]
-                        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                        for future in futures:
-                            if future in done and future.exception() is not None:
-                                for other in futures:
-                                    other.cancel()
-                                raise future.exception()  # type: ignore[misc]
-                        for future in futures:
-                            result = future.result()
-                            self.results[result.index] = result
+                self._schedule()
             return self.results
         finally:
             self.scratch.cleanup()
+
+    def _schedule(self) -> None:
+        waiting = list(self.plan.order)
+        jobs = max(1, self.options.jobs)
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as pool:
+            running: dict[Future[StageResult], int] = {}
+            while waiting or running:
+                for index in list(waiting):
+                    node = self.plan.stages[index]
+                    if all(dep in self.results for dep in node.depends_on):
+                        waiting.remove(index)
+                        running[pool.submit(self._run_stage, node)] = index
+                if not running:
+                    raise BuildError("stage graph has unmet dependencies")  # plan forbids this
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                    error = future.exception()
+                    if error is not None:
+                        for other in running:
+                            other.cancel()
+                        raise error
+                    result = future.result()
+                    self.results[result.index] = result
 
     def unused_build_args(self) -> list[str]:
         """Build args no ARG consumed (Docker warns about them)."""
