@@ -510,7 +510,8 @@ class Transport:
                 return response
             # Two rounds: the first learns the challenge (or replaces an expired token); the
             # second covers a token that was already stale when it arrived.
-            if status == 401 and self.auth is not None and auth_rounds < 2:
+            # (Never for untrusted URLs: a foreign server must not make us fetch tokens.)
+            if status == 401 and self.auth is not None and trusted and auth_rounds < 2:
                 challenge = response.headers.get("www-authenticate", "")
                 _drain(response)
                 if challenge and self.auth.handle_challenge(challenge, scopes, self):
@@ -523,7 +524,7 @@ class Transport:
             err = error_from_response(
                 response, what=what or f"{method} {redact_url(url)}", hint=hint, body=body
             )
-            if status == 401 and self.auth is not None:
+            if status == 401 and self.auth is not None and trusted:
                 err = self.auth.explain(err, scopes)
             retry_after = (
                 err.retry_after
