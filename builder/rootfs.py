@@ -69,7 +69,8 @@ def _mount_overlay(
     except OSError as e:
         raise SandboxUnavailable(
             f"cannot mount the stage's root file system (overlayfs): {e} — COPY/ADD need "
-            "root and overlayfs (`modprobe overlay`)"
+            "root, overlayfs (`modprobe overlay`) and a store ($PYBUILD_ROOT) on a file "
+            "system overlayfs accepts as an upper layer (ext4, xfs, btrfs, tmpfs)"
         ) from None
 
 

@@ -57,3 +57,16 @@ def test_onbuild_triggers_run_in_child(
     assert pybuild("run", "child:test", "cat", "/onbuild.txt").stdout == "triggered\n"
     again = pybuild.build(context("onbuild-child"))
     assert len(steps(again.stderr)) == 3
+
+
+def test_shell_instruction_applies_to_run_and_cmd(pybuild: Pybuild, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(
+        'FROM busybox:test\nSHELL ["/bin/sh", "-ec"]\nRUN false; echo should-not-print\n'
+    )
+    res = pybuild.build(tmp_path, check=False)
+    assert res.returncode == 1 and "[stage-0] should-not-print" not in res.stderr
+    (tmp_path / "Dockerfile").write_text(
+        'FROM busybox:test\nSHELL ["/bin/sh", "-xc"]\nCMD echo traced\n'
+    )
+    pybuild.build(tmp_path, "-t", "shell:1")
+    assert pybuild.config("shell:1")["config"]["Cmd"] == ["/bin/sh", "-xc", "echo traced"]
