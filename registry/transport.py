@@ -273,6 +273,8 @@ def error_from_response(
     reason = "; ".join(messages) or response.reason_phrase or f"HTTP {status}"
     label = codes[0].lower() if codes else f"HTTP {status}"
     message = f"{label}: {reason}"
+    if codes and status >= 500:
+        message += f" [HTTP {status}]"
     if what:
         message += f" ({what})"
     if hint:

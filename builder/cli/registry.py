@@ -69,7 +69,23 @@ def _client(ref: Reference, insecure: tuple[str, ...]) -> Client:
 def _sink(progress: str, quiet: bool) -> ProgressSink:
     from registry.progress import make_progress
 
+    if not quiet:
+        _show_retries()
     return make_progress("quiet" if quiet else progress)
+
+
+def _show_retries() -> None:
+    """Print the transport's retry notices (already redacted) on stderr, once per process."""
+    import logging
+
+    class StderrLines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            sys.stderr.write(f"{self.format(record)}\n")  # the stderr of the moment
+
+    log = logging.getLogger("pybuild.registry")
+    if not any(type(h).__name__ == "StderrLines" for h in log.handlers):
+        log.addHandler(StderrLines())
+        log.setLevel(logging.INFO)
 
 
 def _platform(text: str | None) -> Platform | None:

@@ -13,7 +13,7 @@ from builder.cli import main
 from layerstore.digest import Digest
 from layerstore.store import Store
 
-from .conftest import PASSWORD, USER, RegistryServer, build_image
+from .conftest import PASSWORD, USER, Fault, FaultProxy, RegistryServer, build_image
 
 pytestmark = pytest.mark.registry
 
@@ -187,3 +187,20 @@ def test_cli_copy_to_and_from_an_oci_layout(
     assert out.strip() == str(image.digest)
     code, _, err = run(["copy", f"oci:{layout}:nope", f"{repo}:x"], capsys)
     assert code == 1 and "no image named 'nope'" in err and "v1" in err
+
+
+def test_cli_reports_retries_on_stderr(
+    plain_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    client_env: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    store = Store.open()
+    image = build_image(store, "docker.io/library/retry:1")
+    assert run(["push", "-q", "retry:1", f"{plain_registry.host}/cli/retry:1"], capsys)[0] == 0
+    fault_proxy.inject(Fault("status", "GET", "/manifests/", times=1, status=503))
+    os.environ["PYBUILD_ROOT"] = str(client_env / "pulled")
+    code, out, err = run(["pull", "--progress", "plain", f"{fault_proxy.host}/cli/retry:1"], capsys)
+    assert code == 0, err
+    assert str(image.digest) in out
+    assert "retrying GET" in err and "HTTP 503" in err
