@@ -28,6 +28,7 @@ from layerstore.manifest import Manifest
 from layerstore.store import Store
 
 if TYPE_CHECKING:
+    from builder.cache import CacheIndex
     from builder.ignore import IgnoreMatcher
 
 
@@ -56,6 +57,8 @@ class BuildOptions:
     stdin: BinaryIO | None = None
     source_date_epoch: int | None = None
     secrets: Mapping[str, bytes] = field(default_factory=dict)
+    cache_from: Sequence[str] = ()  # images whose inline cache seeds this build's cache
+    cache_to_inline: bool = False  # embed this build's step records in the image config
 
 
 def parse_secret(spec: str) -> tuple[str, bytes]:
@@ -282,6 +285,9 @@ def build(options: BuildOptions, progress: Progress | None = None) -> BuildResul
                     secrets=dict(options.secrets),
                 ),
             )
+            for ref in options.cache_from:
+                imported = _import_cache(store, cache, ref, options, progress)
+                progress.message(f"cache: {imported} step records imported from {ref}")
             results = executor.run()
             warnings = []
             unused = executor.unused_build_args()
@@ -289,7 +295,14 @@ def build(options: BuildOptions, progress: Progress | None = None) -> BuildResul
                 warnings.append(f"one or more build args were not consumed: {', '.join(unused)}")
                 progress.message(f"warning: {warnings[-1]}")
             final = results[plan.target]
-            result = _commit(store, final, options, epoch, results)
+            inline = None
+            if options.cache_to_inline:
+                from builder.cache import inline_document
+
+                inline = inline_document(
+                    cache, [step.key for step in final.steps], tuple(final.state.layers)
+                )
+            result = _commit(store, final, options, epoch, results, inline)
             result.warnings = warnings
             outputs = list(options.outputs)
             if options.push and not any(o.type == "registry" for o in outputs):
@@ -314,13 +327,55 @@ def build(options: BuildOptions, progress: Progress | None = None) -> BuildResul
     return result
 
 
+def _import_cache(
+    store: Store, cache: CacheIndex, ref_text: str, options: BuildOptions, progress: Progress
+) -> int:
+    """Pull ``ref_text`` (blobs only, no local name) and import its inline cache records.
+
+    A missing or unreachable cache image is a warning, as in BuildKit: the build goes on.
+    """
+    from builder.cache import LayerRef, import_inline
+    from layerstore.errors import StoreError
+    from layerstore.manifest import Index
+    from registry.client import Client
+    from registry.errors import RegistryError
+    from registry.pull import pull
+    from registry.reference import Reference
+    from registry.transport import TransportOptions
+
+    text = ref_text
+    if "=" in text:  # type=registry,ref=NAME
+        fields = dict(part.partition("=")[::2] for part in text.split(","))
+        text = fields.get("ref", "")
+    try:
+        ref = Reference.parse(text)
+        transport = TransportOptions.from_env(options.insecure_registries)
+        with Client.for_reference(ref, options=transport) as client:
+            pulled = pull(ref, store, client=client, tag=False)
+        document = store.read_document(pulled.descriptor.digest, pulled.descriptor.media_type)
+        if isinstance(document, Index):
+            child = document.select(Platform.host())
+            document = store.read_document(child.digest, child.media_type)
+        assert isinstance(document, Manifest)
+        config = store.read_config(document.config.digest)
+    except (RegistryError, StoreError, BuildError, ValueError) as e:
+        progress.message(f"warning: --cache-from {ref_text}: {e}")
+        return 0
+    layers = tuple(
+        LayerRef(desc, diff) for desc, diff in zip(document.layers, config.rootfs.diff_ids)
+    )
+    return import_inline(cache, dict(config.extra), layers)
+
+
 def _commit(
     store: Store,
     final: StageResult,
     options: BuildOptions,
     epoch: int | None,
     results: Mapping[int, StageResult],
+    inline_cache: str | None = None,
 ) -> BuildResult:
+    from builder.cache import INLINE_KEY
     from builder.imageconfig import timestamp
 
     state = final.state
@@ -333,7 +388,10 @@ def _commit(
     if state.config.history:
         # A fully cached build reproduces the image: take the last step's time.
         created = state.config.history[-1].created or created
-    config = config.evolve(created=created)
+    extra = tuple((k, v) for k, v in config.extra if k != INLINE_KEY)
+    if inline_cache is not None:
+        extra = tuple(sorted((*extra, (INLINE_KEY, inline_cache))))
+    config = config.evolve(created=created, extra=extra)
     config_desc = store.put_config(config)
     manifest = Manifest.build(
         config=config_desc,

@@ -90,15 +90,26 @@ class CacheIndex:
             )
         return state
 
+    def peek(self, key: CacheKey) -> CachedState | None:
+        """The record of ``key`` even under ``--no-cache`` (for exporting it)."""
+        enabled, self.enabled = self.enabled, True
+        try:
+            return self.get(key)
+        finally:
+            self.enabled = enabled
+
     def put(self, key: CacheKey, state: CachedState) -> None:
         """Record (or replace) the state ``key`` produced."""
+        self.put_hex(key.hex, state)
+
+    def put_hex(self, key_hex: str, state: CachedState) -> None:
         now = time.time()
         layers = json.dumps([layer.to_json() for layer in state.layers])
         with self.store.db.transaction() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO build_cache(key, config, layers, created, last_used)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (key.hex, str(state.config), layers, now, now),
+                (key_hex, str(state.config), layers, now, now),
             )
 
     def clear(self) -> int:
@@ -125,3 +136,63 @@ class CacheIndex:
                     yield LayerRef.from_json(obj).descriptor.digest
             except (ValueError, KeyError, TypeError):
                 continue
+
+
+# -- inline cache (``--cache-to type=inline`` / ``--cache-from IMAGE``) --------------------------
+
+INLINE_KEY = "io.pybuild.cache.v1"
+
+
+def inline_document(
+    cache: CacheIndex, keys: Iterable[CacheKey], layers: tuple[LayerRef, ...]
+) -> str:
+    """The records of ``keys`` whose layers are a prefix of ``layers``, as canonical JSON.
+
+    Embedded in the final image config (member ``io.pybuild.cache.v1``), so the image
+    itself carries what another machine needs to reuse its steps: each record's config
+    (base64 of its exact bytes) and how many of the image's layers it had.
+    """
+    import base64
+
+    from layerstore.canonicaljson import canonical_json
+
+    store = cache.store
+    steps = []
+    for key in keys:
+        state = cache.peek(key)
+        if state is None or tuple(state.layers) != layers[: len(state.layers)]:
+            continue
+        raw = store.blobs.read_bytes(state.config)
+        steps.append(
+            {"key": key.hex, "layers": len(state.layers), "config": base64.b64encode(raw).decode()}
+        )
+    return canonical_json({"steps": steps}).decode()
+
+
+def import_inline(
+    cache: CacheIndex, config_extra: dict[str, str], layers: tuple[LayerRef, ...]
+) -> int:
+    """Record the steps an image's inline cache describes; returns how many were imported."""
+    import base64
+
+    text = config_extra.get(INLINE_KEY)
+    if text is None:
+        return 0
+    try:
+        steps = json.loads(text)["steps"]
+    except (ValueError, KeyError, TypeError):
+        return 0
+    count = 0
+    for step in steps:
+        try:
+            raw = base64.b64decode(step["config"])
+            n = int(step["layers"])
+            key_hex = str(step["key"])
+        except (KeyError, ValueError, TypeError):
+            continue
+        if n > len(layers) or len(key_hex) != 64:
+            continue
+        digest = cache.store.blobs.put_bytes(raw)
+        cache.put_hex(key_hex, CachedState(digest, layers[:n]))
+        count += 1
+    return count

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder import imageconfig as ic
-from builder.cache import CachedState, CacheIndex, LayerRef
+from builder.cache import INLINE_KEY, CachedState, CacheIndex, LayerRef
 from builder.cachekey import CacheKey, ContentHasher, step_key
 from builder.dockerfile import instructions as ins
 from builder.errors import (
@@ -301,7 +301,11 @@ class Executor:
                 inputs={"base": str(image.digest)},
                 platform=str(self.platform),
             )
-            state = StageState(image.config, list(image.layers), key)
+            config = image.config
+            if any(k == INLINE_KEY for k, _ in config.extra):
+                # a base built with --cache-to type=inline: its records are not ours to carry
+                config = config.evolve(extra=tuple(e for e in config.extra if e[0] != INLINE_KEY))
+            state = StageState(config, list(image.layers), key)
             triggers = self._triggers(image.config, node)
         if state.config.config.on_build:
             # A child image does not inherit its base's triggers (they run right now).

@@ -104,6 +104,19 @@ def _pairs(values: tuple[str, ...], option: str, *, from_env: bool) -> dict[str,
 )
 @click.option("--debug-cache", is_flag=True, help="Print each step's cache key inputs.")
 @click.option(
+    "--cache-from",
+    "cache_from",
+    multiple=True,
+    metavar="IMAGE",
+    help="Reuse the steps recorded in IMAGE (built with --cache-to type=inline); repeatable.",
+)
+@click.option(
+    "--cache-to",
+    "cache_to",
+    metavar="type=inline",
+    help="type=inline: embed this build's step records in the image for --cache-from.",
+)
+@click.option(
     "--secret",
     "secrets",
     multiple=True,
@@ -136,6 +149,8 @@ def build(
     quiet: bool,
     jobs: int,
     debug_cache: bool,
+    cache_from: tuple[str, ...],
+    cache_to: str | None,
     secrets: tuple[str, ...],
     insecure: tuple[str, ...],
 ) -> None:
@@ -166,7 +181,13 @@ def build(
         secret_values = dict(parse_secret(spec) for spec in secrets)
     except BuildError as e:
         raise click.BadParameter(str(e), param_hint="--secret") from None
+    if cache_to is not None and cache_to.strip() not in ("type=inline", "inline"):
+        raise click.BadParameter(
+            f"{cache_to!r}: only type=inline is supported", param_hint="--cache-to"
+        )
     options = BuildOptions(
+        cache_from=cache_from,
+        cache_to_inline=cache_to is not None,
         secrets=secret_values,
         context=context,
         dockerfile=dockerfile,

@@ -165,3 +165,23 @@ def test_registry_output_pushes_named_image(
     pybuild.build(context("interop"), "--build-arg", f"REGISTRY={pushed_base}",
                   "-o", f"type=registry,name={name}")  # fmt: skip
     assert "7" in pybuild("ls-tags", f"{pushed_base}/interop/exported").stdout.split()
+
+
+def test_inline_cache_reused_on_a_fresh_machine(
+    pybuild: Pybuild,
+    fresh_store: Pybuild,
+    context: Callable[[str], Path],
+    pushed_base: str,
+) -> None:
+    ctx = context("interop")
+    name = f"{pushed_base}/interop/cached:1"
+    arg = ("--build-arg", f"REGISTRY={pushed_base}")
+    pybuild.build(ctx, *arg, "-t", name, "--cache-to", "type=inline", "--push", "--no-cache")
+    assert "io.pybuild.cache.v1" in pybuild.config(name)
+    res = fresh_store.build(ctx, *arg, "--cache-from", name, "-t", "from-cache:1")
+    assert "step records imported" in res.stderr
+    assert [n for n in (2, 3, 4) if f"STEP {n}/4: CACHED" in res.stderr] == [2, 3, 4]
+    assert "io.pybuild.cache.v1" not in fresh_store.config("from-cache:1")
+    assert fresh_store("run", "from-cache:1").stdout == "hello from the Dockerfile\n"
+    missing = fresh_store.build(ctx, *arg, "--cache-from", f"{pushed_base}/interop/none:1")
+    assert "warning: --cache-from" in missing.stderr
