@@ -349,10 +349,14 @@ def _import_cache(
         text = fields.get("ref", "")
     try:
         ref = Reference.parse(text)
-        transport = TransportOptions.from_env(options.insecure_registries)
-        with Client.for_reference(ref, options=transport) as client:
-            pulled = pull(ref, store, client=client, tag=False)
-        document = store.read_document(pulled.descriptor.digest, pulled.descriptor.media_type)
+        local = store.images.get(str(ref)) or store.images.get(text)
+        if local is not None:  # an image in the local store needs no registry
+            descriptor = local
+        else:
+            transport = TransportOptions.from_env(options.insecure_registries)
+            with Client.for_reference(ref, options=transport) as client:
+                descriptor = pull(ref, store, client=client, tag=False).descriptor
+        document = store.read_document(descriptor.digest, descriptor.media_type)
         if isinstance(document, Index):
             child = document.select(Platform.host())
             document = store.read_document(child.digest, child.media_type)

@@ -93,3 +93,12 @@ def test_source_date_epoch_reproduces_the_digest(
     two = fresh_store.build(ctx, "--no-cache", "-q", env=env).stdout
     assert one == two and one.startswith("sha256:")
     assert fresh_store.build(ctx, "--no-cache", "-q").stdout != one
+
+
+def test_inline_cache_from_a_local_image(primed: tuple[Pybuild, Path]) -> None:
+    pybuild, ctx = primed
+    pybuild.build(ctx, "-t", "inline:1", "--cache-to", "type=inline")
+    pybuild("prune", "--all")  # drops the local records (and unnamed blobs)
+    res = pybuild.build(ctx, "--cache-from", "inline:1")
+    assert "9 step records imported" in res.stderr
+    assert cached(res.stderr) == ALL
