@@ -109,3 +109,15 @@ def test_transfer_pool_stops_the_others_on_failure() -> None:
         pool.run()
     assert seen == ["cancelled"]
     assert time.monotonic() - started < 3
+
+
+def test_pull_and_push_do_not_import_rich_until_a_bar_is_drawn() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, registry.pull, registry.push, registry.copy, builder.cli.registry\n"
+        "print(sorted(m for m in ('rich', 'pygments') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
