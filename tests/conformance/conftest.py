@@ -54,7 +54,9 @@ class Case:
     departs from the Dockerfile reference: each {"config": path} or {"path": p, "field": f}
     with ``expected``, ``reason`` and ``reference``: pybuild must give ``expected``, Buildah
     is checked to still differ); ``xfail`` {"config"|"fs": "pybuild: …"} (a known pybuild
-    defect, strict).
+    defect, strict); ``buildah_dockerfile`` {file, reason, reference}: where Buildah cannot
+    read a documented construct at all, the file (in the case folder) says the same without
+    it and Buildah builds that instead.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Case:
     skip_fs: dict[str, dict[str, Any]] = field(default_factory=dict)
     documented: list[dict[str, Any]] = field(default_factory=list)
     xfail: dict[str, str] = field(default_factory=dict)
+    buildah_dockerfile: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, name: str) -> Case:
@@ -209,13 +212,13 @@ class Tools:
             env,
         )
 
-    def _args(self, case: Case, context: Path) -> list[str]:
+    def _args(self, case: Case, context: Path, dockerfile: str = "Dockerfile") -> list[str]:
         args = ["--build-arg", f"REGISTRY={self.registry}"]
         for key, value in case.build_args.items():
             args += ["--build-arg", f"{key}={value}"]
         if case.target:
             args += ["--target", case.target]
-        return [*args, "-t", case.image(self.registry), "-f", str(context / "Dockerfile")]
+        return [*args, "-t", case.image(self.registry), "-f", str(context / dockerfile)]
 
     def build_pybuild(self, case: Case, context: Path, out: Path) -> BuildResult:
         archive = out / "pybuild.tar"
@@ -244,7 +247,7 @@ class Tools:
             "--tls-verify=false",
             "--format",
             "docker",
-            *self._args(case, context),
+            *self._args(case, context, case.buildah_dockerfile.get("file", "Dockerfile")),
             str(context),
         )
         if ok:

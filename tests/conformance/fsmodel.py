@@ -80,6 +80,8 @@ class Difference:
     right: object
 
     def __str__(self) -> str:
+        if self.field == "mode" and isinstance(self.left, int) and isinstance(self.right, int):
+            return f"{self.path}: mode: {self.left:#o} != {self.right:#o}"
         return f"{self.path}: {self.field}: {self.left!r} != {self.right!r}"
 
 

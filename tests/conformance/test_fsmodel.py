@@ -212,7 +212,7 @@ def test_comparer_reports(
 def test_difference_names_the_path_and_both_values() -> None:
     ours = build_model([layer(("file", "srv/a b", {"mode": 0o640}))])
     theirs = build_model([layer(("file", "srv/a b", {"mode": 0o644}))])
-    assert [str(d) for d in compare_models(ours, theirs)] == ["/srv/a b: mode: 416 != 420"]
+    assert [str(d) for d in compare_models(ours, theirs)] == ["/srv/a b: mode: 0o640 != 0o644"]
 
 
 def test_ignore_skips_a_field_for_the_given_types_only() -> None:
