@@ -323,6 +323,12 @@ def _is_tls_mismatch(exc: Exception) -> bool:
     )
 
 
+def _is_unknown_host(exc: Exception) -> bool:
+    """DNS says the name does not exist (EAI_NONAME), as opposed to a temporary failure."""
+    text = str(exc).lower()
+    return "name or service not known" in text or "nodename nor servname" in text
+
+
 def _is_cert_error(exc: Exception) -> bool:
     return "certificate" in str(exc).lower()
 
@@ -500,8 +506,10 @@ class Transport:
                     trusted=trusted,
                 )
             except httpx.HTTPError as e:
-                error: Exception = TransportError(_describe(e, self.host))
-                if not retry or not self._may_retry(attempt, started, None):
+                error = TransportError(_describe(e, self.host))
+                if _is_unknown_host(e):
+                    error.retryable = False  # a name that does not resolve will not start to
+                if not retry or not error.retryable or not self._may_retry(attempt, started, None):
                     raise error from None
                 delay = policy.delay(attempt)
                 log.info("retrying %s %s in %.2fs: %s", method, redact_url(url), delay, error)
