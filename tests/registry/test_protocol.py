@@ -207,3 +207,21 @@ def test_progress_sinks_report_each_blob() -> None:
     step(10)
     rich.finish("k", "downloaded")
     rich.close()
+
+
+@pytest.mark.registry
+def test_http_proxy_from_the_environment_is_used(
+    plain_registry: RegistryServer,
+    fault_proxy: FaultProxy,
+    client_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = Store.open()
+    image = build_image(store, "local/proxied:1")
+    ref = Reference.parse(plain_registry.ref("proxied/app:1"))
+    push("local/proxied:1", ref, store)
+    monkeypatch.setenv("HTTP_PROXY", f"http://{fault_proxy.host}")
+    monkeypatch.setenv("NO_PROXY", "")
+    assert pull(ref, Store.open(client_env / "dst")).digest == image.digest
+    # The proxy saw absolute-form requests for the registry's own host.
+    assert any(plain_registry.host in p and "/manifests/" in p for _, p, _ in fault_proxy.requests)
