@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from builder.dockerfile.source import Directive, Heredoc, Span, Warning
+from builder.dockerfile.source import Directive, Heredoc, Span, Warning, fast_init
 
 __all__ = [
     "Add",
@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Node:
     """One instruction as parsed: keyword, flags, arguments, heredocs, ONBUILD trigger."""
@@ -75,6 +76,7 @@ class Node:
         }
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class MountSpec:
     """One ``RUN --mount=…``: type bind|cache|tmpfs|secret|ssh and its options."""
@@ -95,6 +97,7 @@ class MountSpec:
     raw: str = ""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Instruction:
     """Base of the typed instructions: the raw node plus per-instruction meaning."""
@@ -114,6 +117,7 @@ class Instruction:
         return self.node.span.line
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class From(Instruction):
     image: str = ""
@@ -121,6 +125,7 @@ class From(Instruction):
     platform: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Run(Instruction):
     command: tuple[str, ...] = ()  # exec form: argv; shell form: one string
@@ -131,23 +136,27 @@ class Run(Instruction):
     heredocs: tuple[Heredoc, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Cmd(Instruction):
     command: tuple[str, ...] = ()
     json_form: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Entrypoint(Instruction):
     command: tuple[str, ...] = ()
     json_form: bool = False
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Shell(Instruction):
     command: tuple[str, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Copy(Instruction):
     sources: tuple[str, ...] = ()
@@ -161,6 +170,7 @@ class Copy(Instruction):
     heredocs: tuple[Heredoc, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Add(Instruction):
     sources: tuple[str, ...] = ()
@@ -175,51 +185,61 @@ class Add(Instruction):
     heredocs: tuple[Heredoc, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Env(Instruction):
     pairs: tuple[tuple[str, str], ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Label(Instruction):
     pairs: tuple[tuple[str, str], ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Arg(Instruction):
     pairs: tuple[tuple[str, str | None], ...] = ()  # name, unexpanded default (None: none)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Expose(Instruction):
     ports: tuple[str, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Volume(Instruction):
     paths: tuple[str, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class User(Instruction):
     user: str = ""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Workdir(Instruction):
     path: str = ""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Maintainer(Instruction):
     maintainer: str = ""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Stopsignal(Instruction):
     signal: str = ""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Healthcheck(Instruction):
     test: tuple[str, ...] = ()  # ("NONE",) | ("CMD", argv…) | ("CMD-SHELL", command)
@@ -230,11 +250,13 @@ class Healthcheck(Instruction):
     retries: int | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Onbuild(Instruction):
     trigger: Instruction | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Stage:
     """A build stage: its FROM and the instructions after it."""
@@ -256,6 +278,7 @@ class Stage:
         return self.from_.platform
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Dockerfile:
     """A parsed Dockerfile: directives, every node in source order, global ARGs, stages."""

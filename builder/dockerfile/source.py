@@ -9,9 +9,12 @@ heredoc bodies, which run to their delimiter line. Everything else is the gramma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import types
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from builder.errors import DockerfileSyntaxError
 
@@ -26,7 +29,45 @@ _RAW_WORD = re.compile(r"""(?:[^\s"'\\]|\\.|\\$|"(?:[^"\\]|\\.|\\$)*"?|'[^']*'?)
 _LEADING_FLAGS = re.compile(r"""(?:--(?:[^\s"'\\]|\\.|"(?:[^"\\]|\\.)*"?|'[^']*'?)*\s*)*""")
 _FIRST_WORD = re.compile(r"(\S+)\s*")
 
+_Record = TypeVar("_Record", bound=type)
 
+
+def fast_init(cls: _Record) -> _Record:
+    """Give a frozen, slotted dataclass a faster ``__init__`` with the same signature.
+
+    A frozen dataclass's own ``__init__`` sets each field through ``object.__setattr__``
+    (looked up and called per field); this one calls each slot's descriptor directly, which
+    halves the cost of building a node, and a parse builds several values per instruction.
+    Everything else (freezing, equality, hashing, ``replace``) stays the dataclass's.
+    Apply it above ``@dataclass(frozen=True, slots=True)``.
+    """
+    names: list[str] = []
+    params: list[str] = []
+    scope: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        slot = getattr(cls, f.name, None)
+        if (
+            not f.init
+            or f.default_factory is not dataclasses.MISSING
+            or not isinstance(slot, types.MemberDescriptorType)
+        ):
+            return cls  # not a shape this shortcut covers: keep the dataclass's __init__
+        scope[f"_set_{f.name}"] = slot.__set__
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            scope[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        names.append(f.name)
+    body = "".join(f"    _set_{n}(self, {n})\n" for n in names) or "    pass\n"
+    exec(f"def __init__(self, {', '.join(params)}):\n{body}", scope)
+    init = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
+
+
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Span:
     """Where something is: file name, first and last line (1-based), column where known."""
@@ -41,6 +82,7 @@ class Span:
         return where if self.column is None else f"{where}:{self.column}"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Heredoc:
     """One heredoc body: delimiter name, content as written, and its delimiter options."""
@@ -60,6 +102,7 @@ class Heredoc:
         }
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Directive:
     """A parser directive (``# syntax=…``, ``# escape=…``, ``# check=…``) and its line."""
@@ -69,6 +112,7 @@ class Directive:
     line: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Warning:
     """A non-fatal finding (deprecated or suspicious syntax) with its location."""
@@ -81,6 +125,7 @@ class Warning:
         return f"{self.span}: warning: {self.message}"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class LogicalLine:
     """One instruction after line joining: its text and where it came from."""
@@ -91,6 +136,7 @@ class LogicalLine:
     heredocs: tuple[Heredoc, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Source:
     """The pre-pass result: directives, the escape character, logical lines, warnings."""
