@@ -301,3 +301,33 @@ def test_redirect_to_storage_drops_authorization(
     assert pull(ref, dst).digest == image.digest
     assert token_proxy.storage_requests, "no blob was fetched through the redirect"
     assert all("Authorization" not in h for h in token_proxy.storage_requests)
+
+
+def test_containers_auth_under_xdg_runtime_dir(
+    client_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REGISTRY_AUTH_FILE")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(client_env / "run"))
+    auth = client_env / "run" / "containers" / "auth.json"
+    auth.parent.mkdir(parents=True)
+    auth.write_text(json.dumps({"auths": {"xdg.io": {"auth": _b64("xu:xp")}}}))
+    creds = load_credentials("xdg.io")
+    assert (creds.username, creds.password) == ("xu", "xp")
+    assert str(auth) in creds.source
+
+
+def test_httpx_log_records_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import registry.transport  # noqa: F401 - installs the filter
+
+    with caplog.at_level(logging.INFO, logger="httpx"):
+        logging.getLogger("httpx").info(
+            'HTTP Request: %s %s "%s"',
+            "GET",
+            "https://bucket.s3.example/blob?X-Amz-Signature=deadbeef&X-Amz-Credential=me",
+            "HTTP/1.1 200 OK",
+        )
+    text = caplog.text
+    assert "deadbeef" not in text and "X-Amz-Credential=me" not in text
+    assert "bucket.s3.example/blob" in text
