@@ -101,6 +101,7 @@ def prepare_context(case: Case, dest: Path) -> Path:
 
     Operations (``op`` and its keys): ``write`` path text; ``mkdir`` path [mode]; ``chmod``
     path mode; ``chown`` path uid gid; ``symlink`` path target; ``hardlink`` path target;
+    ``xattr`` path name hex (the value, hex-encoded);
     ``tar`` path from [compression: ""|"gz"|"bz2"|"xz"] (an archive of a folder of the
     case, members owned by uid/gid 0 unless ``uid``/``gid`` are given, dated ARCHIVE_TIME; the
     folder is removed from the context unless ``keep``).
@@ -125,6 +126,8 @@ def prepare_context(case: Case, dest: Path) -> Path:
             path.symlink_to(op["target"])
         elif kind == "hardlink":
             os.link(dest / op["target"], path)
+        elif kind == "xattr":
+            os.setxattr(path, op["name"], bytes.fromhex(op["hex"]), follow_symlinks=False)
         elif kind == "tar":
             source = dest / op["from"]
             _make_tar(path, source, op.get("compression", ""), op.get("uid", 0), op.get("gid", 0))
@@ -182,6 +185,11 @@ class Tools:
 
     work: Path
     registry: str
+
+    @property
+    def base_archive(self) -> Path:
+        """The busybox base as a docker-archive (what a case that changes nothing would be)."""
+        return self.work / "base.tar"
 
     @property
     def pybuild_env(self) -> dict[str, str]:
@@ -303,7 +311,11 @@ def tools(plain_registry: RegistryServer) -> Iterator[Tools]:  # noqa: F811
             for name in [*dirnames, *filenames]:
                 os.utime(Path(dirpath) / name, (BASE_TIME, BASE_TIME), follow_symlinks=False)
         base = f"{found.registry}/library/busybox:latest"
-        for argv in (["import", str(rootfs), base, "--change", 'CMD ["sh"]'], ["push", base]):
+        for argv in (
+            ["import", str(rootfs), base, "--change", 'CMD ["sh"]'],
+            ["push", base],
+            ["save", base, "-o", str(found.base_archive)],
+        ):
             ok, log = found.pybuild(*argv)
             if not ok:
                 pytest.fail(f"making the busybox base failed:\n{log}", pytrace=False)
