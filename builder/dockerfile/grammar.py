@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,8 +115,12 @@ class Branch:
         self.children = children
 
 
-class _Inline(list[Any]):
-    """Children of an inlined rule, spliced into the parent's children."""
+# A semantic action: called with the parse's context object and a rule's children (token
+# texts and the values of its sub-rules); what it returns is the rule's value.
+Action = Callable[[Any, list[Any]], Any]
+# Chooses the action for one rule alternative: (rule name, its symbols) -> action, or None to
+# keep the children list itself as the value.
+Semantics = Callable[[str, tuple[str, ...]], Action | None]
 
 
 @dataclass(frozen=True)
@@ -123,10 +128,11 @@ class Tables:
     """What the driver needs from Lark's LALR analysis, in plain picklable values.
 
     ``actions[state][symbol]``: an int is "shift to / go to that state"; a tuple is "reduce
-    by a rule" as (rule name, symbol count, inlined?, child plan). The child plan is None
-    when every child is kept as is, else one code per symbol: 0 drop (a filtered token such
-    as _NL), 1 keep, 2 splice (an inlined rule's children). ``terminals[state]`` lists the
-    terminals the state accepts in the contextual lexer's order; ``patterns`` their regexes.
+    by a rule" as (rule name, symbol count, inlined?, child plan, the rule's symbols). The
+    child plan is None when every child is kept as is, else one code per symbol: 0 drop (a
+    filtered token such as _NL), 1 keep, 2 splice (an inlined rule's children).
+    ``terminals[state]`` lists the terminals the state accepts in the contextual lexer's
+    order; ``patterns`` their regexes.
     """
 
     start_state: int
@@ -146,7 +152,7 @@ class Tables:
             t = defs[name]
             return (-t.priority, -t.pattern.max_width, -len(t.pattern.value), name)
 
-        rules: dict[Any, tuple[str, int, bool, tuple[int, ...] | None]] = {}
+        rules: dict[Any, tuple[str, int, bool, tuple[int, ...] | None, tuple[str, ...]]] = {}
         actions: dict[int, dict[str, Any]] = {}
         terminals: dict[int, tuple[str, ...]] = {}
         for state, row_in in table.states.items():
@@ -164,7 +170,14 @@ class Tables:
                         for sym in arg.expansion
                     )
                     child_plan = None if all(code == 1 for code in plan) else plan
-                    rules[arg] = (name, len(arg.expansion), name.startswith("_"), child_plan)
+                    symbols = tuple(str(sym.name) for sym in arg.expansion)
+                    rules[arg] = (
+                        name,
+                        len(arg.expansion),
+                        name.startswith("_"),
+                        child_plan,
+                        symbols,
+                    )
                 row[symbol] = rules[arg]
             actions[state] = row
         patterns = {name: t.pattern.to_regexp() for name, t in defs.items()}
@@ -181,13 +194,33 @@ class _LazyScanners(dict[int, Any]):
         return scanner
 
 
+# How a reduction gathers its children (see Tables' child plan).
+_KEEP = 0  # every child as is
+_GROW = 1  # (2, 1[, 0]): the inlined list in the first child grows by one value
+_SPLICE = 2  # anything else: FastParser._splice
+
+
+def _tree_semantics(rule: str, symbols: tuple[str, ...]) -> Action | None:
+    """Lark's tree: a Branch per rule that is not inlined."""
+    if rule.startswith("_"):
+        return None
+
+    def branch(context: Any, children: list[Any]) -> Branch:
+        return Branch(rule, children)
+
+    return branch
+
+
 class FastParser:
     """An LALR driver over the tables Lark builds from the grammar.
 
     Lark's own driver is general (lexer threads, callbacks, positions, interactive parsing)
     and costs several microseconds per token; parsing is on the CLI's hot path, so this loop
     runs the same tables and the same terminal regexes with the contextual-lexer rule (each
-    parser state scans only for the terminals it accepts) and nothing else.
+    parser state scans only for the terminals it accepts) and nothing else. It either builds
+    Lark's tree (:meth:`parse`) or, like Lark's ``transformer=`` in LALR mode, calls an action
+    per reduction so callers build their own values straight from the grammar's rules without
+    an intermediate tree (:meth:`run`).
     """
 
     def __init__(self, tables: Tables) -> None:
@@ -200,6 +233,7 @@ class FastParser:
         # compiled on first use: a short Dockerfile visits few parser states, and compiling
         # every state's alternation up front would cost a CLI run ~20 ms
         self.scanners: dict[int, Any] = _LazyScanners(self)
+        self._bound: dict[Semantics, dict[int, dict[str, Any]]] = {}
 
     def compile_scanner(self, state: int) -> Any:
         names = self._terminals[state]
@@ -208,28 +242,71 @@ class FastParser:
         alternatives = "|".join(f"(?P<{n}>{self._patterns[n]})" for n in names)
         return re.compile(alternatives).match
 
+    def bind(self, semantics: Semantics) -> dict[int, dict[str, Any]]:
+        """The action table with each reduction's action chosen by ``semantics`` (cached)."""
+        bound = self._bound.get(semantics)
+        if bound is not None:
+            return bound
+        reductions: dict[Any, tuple[Any, ...]] = {}
+        bound = {}
+        for state, row in self.actions.items():
+            out: dict[str, Any] = {}
+            for symbol, act in row.items():
+                if type(act) is int:
+                    out[symbol] = act
+                    continue
+                if act not in reductions:
+                    name, size, _, plan, symbols = act
+                    if plan is None:
+                        how = _KEEP
+                    elif plan[0] == 2 and plan[1:2] == (1,) and not any(plan[2:]):
+                        how = _GROW
+                    else:
+                        how = _SPLICE
+                    reductions[act] = (semantics(name, symbols), size, how, plan, name)
+                out[symbol] = reductions[act]
+            bound[state] = out
+        self._bound[semantics] = bound
+        return bound
+
     def parse(self, text: str) -> Branch:
-        actions = self.actions
+        """Lark's tree for ``text`` (Tok leaves with types and lines, Branch per rule)."""
+        tree: Branch = self.run(text, _tree_semantics, None, tokens=True)
+        return tree
+
+    def run(self, text: str, semantics: Semantics, context: Any, *, tokens: bool = False) -> Any:
+        """Parse ``text``, calling ``semantics``' actions; return the start rule's value.
+
+        Leaves are the token texts (with their leading blanks), or :class:`Tok` objects when
+        ``tokens`` is set. Raises GrammarError.
+        """
+        actions = self.bind(semantics)
         scanners = self.scanners
+        splice = self._splice
         state_stack = [self.start_state]
         values: list[Any] = []
         pos = 0
         n = len(text)
         line = 1
-        line_start = 0
         end_state = self.end_state
         state: Any = self.start_state
+        token: Any
         while True:
             if pos < n:
                 scan = scanners[state]
                 match = scan(text, pos) if scan is not None else None
                 if match is None:
-                    raise self._unexpected_text(text, pos, line, line_start, state)
+                    raise self._unexpected_text(text, pos, state)
                 kind = match.lastgroup
                 start = pos
                 pos = match.end()
-                token: Tok | None = None
-                if kind[0] != "_":
+                if not tokens:
+                    token = text[start:pos]
+                elif kind[0] == "_":
+                    token = None
+                    if kind == "_NL":
+                        line += 1
+                else:
                     token = Tok(kind, text[start:pos], start, line)
             else:
                 kind, token, start = "$END", None, pos
@@ -242,34 +319,29 @@ class FastParser:
                     state = act
                     break
                 if act is None:
-                    raise self._unexpected_token(text, start, pos, line, line_start, state)
-                name, size, inline, child_plan = act
+                    raise self._unexpected_token(text, start, pos, state)
+                action, size, how, plan, name = act
                 children: list[Any]
-                if size:
+                if how == _GROW:
+                    children = values[-size]
+                    children.append(values[1 - size])
+                    del values[-size:]
+                    del state_stack[-size:]
+                elif size:
                     children = values[-size:]
                     del values[-size:]
                     del state_stack[-size:]
-                    if child_plan is not None:
-                        children = self._splice(children, child_plan)
+                    if how == _SPLICE:
+                        children = splice(children, plan)
                 else:
                     children = []
-                result: Any
-                if not inline:
-                    result = Branch(name, children)
-                elif type(children) is _Inline:
-                    result = children
-                else:
-                    result = _Inline(children)
+                result = children if action is None else action(context, children)
                 state = actions[state_stack[-1]][name]  # a goto: always an int
                 state_stack.append(state)
                 values.append(result)
                 if state == end_state and kind == "$END":
-                    tree: Branch = result
-                    return tree
+                    return result
                 row = actions[state]
-            if kind == "_NL":
-                line += 1
-                line_start = pos
 
     @staticmethod
     def _splice(taken: list[Any], plan: tuple[int, ...]) -> list[Any]:
@@ -283,7 +355,7 @@ class FastParser:
             children = taken[0]
             start = 1
         else:
-            children = _Inline()
+            children = []
             start = 0
         for index in range(start, len(plan)):
             code = plan[index]
@@ -293,9 +365,13 @@ class FastParser:
                 children.extend(taken[index])
         return children
 
-    def _unexpected_text(
-        self, text: str, pos: int, line: int, line_start: int, state: int
-    ) -> GrammarError:
+    @staticmethod
+    def _where(text: str, pos: int) -> tuple[int, int]:
+        """Line (1-based) and line start offset of ``pos``: only _NL tokens hold newlines."""
+        return text.count("\n", 0, pos) + 1, text.rfind("\n", 0, pos) + 1
+
+    def _unexpected_text(self, text: str, pos: int, state: int) -> GrammarError:
+        line, line_start = self._where(text, pos)
         end = text.find("\n", pos)
         rest = text[pos : end if end >= 0 else len(text)]
         word = rest.lstrip()
@@ -306,16 +382,15 @@ class FastParser:
             self.accepts[state],
         )
 
-    def _unexpected_token(
-        self, text: str, start: int, end: int, line: int, line_start: int, state: int
-    ) -> GrammarError:
+    def _unexpected_token(self, text: str, start: int, end: int, state: int) -> GrammarError:
+        line, line_start = self._where(text, start)
         value = text[start:end]
         seen = value.strip() or "end of line"
         column = start - line_start + 1 + (len(value) - len(value.lstrip()))
         return GrammarError(line, column, seen, self.accepts[state])
 
 
-_TABLES_FORMAT = 1
+_TABLES_FORMAT = 2
 
 
 @functools.cache
@@ -371,3 +446,8 @@ def _tables_cache_path(escape: str) -> Path:
 def parse_tree(text: str, escape: str) -> Branch:
     """Parse pre-processed Dockerfile text (see source.py); raise GrammarError on failure."""
     return fast_parser(escape).parse(text)
+
+
+def parse_with(text: str, escape: str, semantics: Semantics, context: Any) -> Any:
+    """Parse pre-processed Dockerfile text calling ``semantics``' actions (see FastParser.run)."""
+    return fast_parser(escape).run(text, semantics, context)

@@ -1,4 +1,4 @@
-"""Lark tree to nodes (the syntax pass), and nodes to typed instructions (the typed pass).
+"""Grammar reductions to nodes (the syntax pass), and nodes to typed instructions (the typed pass).
 
 The syntax pass gives each instruction what BuildKit's parser gives it (flags, arguments,
 JSON form, heredocs) and turns grammar failures into located DockerfileSyntaxErrors with a
@@ -13,14 +13,13 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from builder.dockerfile import instructions as ins
-from builder.dockerfile.grammar import Branch as Tree
-from builder.dockerfile.grammar import GrammarError, parse_tree
-from builder.dockerfile.grammar import Tok as Token
+from builder.dockerfile.grammar import Action, GrammarError, parse_with
 from builder.dockerfile.instructions import MountSpec, Node
-from builder.dockerfile.source import Heredoc, LogicalLine, Source, Span, Warning
+from builder.dockerfile.source import LogicalLine, Source, Span, Warning
 from builder.errors import (
     DockerfileError,
     DockerfileSyntaxError,
@@ -150,105 +149,23 @@ def unquote_flag(raw: str) -> str:
     return "".join(out)
 
 
-class SyntaxPass:
-    """Builds nodes from the Lark tree of one pre-processed file."""
+class _NodeContext:
+    """One parse's state for the semantic actions: the logical lines (the n-th instruction
+    the grammar completes is on the n-th line), and the JSON-like checks to make once the
+    whole file has parsed (a grammar error anywhere is reported first, as before)."""
 
-    def __init__(self, source: Source, text: str) -> None:
-        self.source = source
-        self.text = text
-        self.first_line = len(source.directives) + 1  # Lark line of the first logical line
+    __slots__ = ("deferred", "index", "lines", "warnings")
+
+    def __init__(self, lines: tuple[LogicalLine, ...]) -> None:
+        self.lines = lines
+        self.index = 0
+        self.deferred: list[tuple[str, str, Span]] = []
         self.warnings: list[Warning] = []
 
-    def nodes(self, tree: Tree) -> list[Node]:
-        out: list[Node] = []
-        lines = self.source.lines
-        first = self.first_line
-        node = self.node
-        for part in tree.children:
-            if type(part) is not Tree or part.data == "directive":
-                continue
-            # preamble and stage hold instruction trees directly
-            for child in part.children:
-                if type(child) is Tree:
-                    head = child.children[0]
-                    out.append(node(child, lines[head.line - first]))  # type: ignore[union-attr]
-        return out
-
-    def node(self, tree: Tree, line: LogicalLine) -> Node:
-        children = tree.children
-        head = children[0]
-        assert isinstance(head, Token)
-        rule = tree.data
-        keyword = _KEYWORD_OF_RULE.get(rule) or head.value.lstrip().upper()
-        flags: tuple[str, ...] = ()
-        rest = children[1:]
-        if rest:
-            first = rest[0]
-            if type(first) is Tree and first.data.endswith("_flags"):
-                flags = tuple(
-                    unquote_flag(t.value.lstrip())
-                    for t in first.children
-                    if isinstance(t, Token) and t.type == "FLAG"
-                )
-                rest = rest[1:]
-        args: tuple[str, ...] = ()
-        json_form = False
-        trigger: Node | None = None
-        heredocs: tuple[Heredoc, ...] = ()
-        if rule == "onbuild":
-            if rest:
-                sub = rest[0]
-                assert isinstance(sub, Tree)
-                trigger = self.node(sub, line)
-        elif rest:
-            if rule == "healthcheck":
-                kind = rest[0]
-                assert isinstance(kind, Token)
-                args, json_form = self.values(keyword, rest[1:], line.span)
-                args = (kind.value.lstrip(), *args)
-            else:
-                args, json_form = self.values(keyword, rest, line.span)
-            if line.heredocs and rule in ("run", "copy", "add") and not json_form:
-                heredocs = line.heredocs
-        # positional: this runs once per instruction and keyword arguments cost
-        return Node(keyword, line.span, flags, args, json_form, heredocs, trigger, line.text)
-
-    def values(
-        self, keyword: str, rest: list[Tree | Token], span: Span
-    ) -> tuple[tuple[str, ...], bool]:
-        """Arguments from the tokens after the flags (see the grammar's argument tokens)."""
-        if not rest:
-            return (), False
-        first = rest[0]
-        if isinstance(first, Tree):
-            tokens = [t for t in first.children if isinstance(t, Token)]
-            if first.data == "heredoc_command":
-                return (self.text[tokens[0].start_pos : tokens[-1].end_pos].lstrip(),), False
-            words = tuple(t.value.lstrip() for t in tokens)  # copy_words
-            if words[0].startswith("["):
-                self.check_json_like(keyword, " ".join(words), span)
-            return words, False
-        kind = first.type
-        if kind == "JSON_ARRAY":
-            return tuple(self.json_array(first.value.lstrip())), True
-        if kind == "PAIR":
-            out: list[str] = []
-            for token in rest:
-                key, _, value = str(token).lstrip().partition("=")
-                out += (key, value)
-            return tuple(out), False
-        if kind == "COMMAND_TEXT" or kind == "TEXT":
-            value = first.value.strip()
-            if value[0] == "[" and keyword in _MAYBE_JSON:
-                self.check_json_like(keyword, value, span)
-            return (value,), False
-        if kind == "WORD" and keyword == "VOLUME" and first.value.lstrip().startswith("["):
-            self.check_json_like(keyword, " ".join(str(t).lstrip() for t in rest), span)
-        return tuple(str(t).lstrip() for t in rest), False
-
-    def json_array(self, text: str) -> list[str]:
-        value, _ = _JSON.raw_decode(text)
-        return list(value)
+    def next_line(self) -> LogicalLine:
+        line = self.lines[self.index]
+        self.index += 1
+        return line
 
     def check_json_like(self, keyword: str, value: str, span: Span) -> None:
         """BuildKit's JSON-or-shell rule: a JSON array of non-strings is an error; text that
@@ -276,6 +193,178 @@ class SyntaxPass:
             )
 
 
+# The grammar's argument shapes (the symbol after an instruction's keyword and flags) and
+# how each becomes (args, json_form). Each takes the children from the argument on.
+_ArgShape = Callable[[_NodeContext, list[Any], str, LogicalLine], tuple[tuple[str, ...], bool]]
+
+
+def _no_args(
+    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+) -> tuple[tuple[str, ...], bool]:
+    return (), False
+
+
+def _json_args(
+    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+) -> tuple[tuple[str, ...], bool]:
+    value, _ = _JSON.raw_decode(rest[0].lstrip())
+    return tuple(value), True
+
+
+def _text_args(
+    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+) -> tuple[tuple[str, ...], bool]:
+    value = rest[0].strip()
+    if value[0] == "[" and keyword in _MAYBE_JSON:
+        context.deferred.append((keyword, value, line.span))
+    return (value,), False
+
+
+def _heredoc_command_args(
+    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+) -> tuple[tuple[str, ...], bool]:
+    return (rest[0],), False  # heredoc_command's action joined its words
+
+
+def _copy_words_args(
+    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+) -> tuple[tuple[str, ...], bool]:
+    words: tuple[str, ...] = rest[0]  # copy_words' action stripped them
+    if words[0].startswith("["):
+        context.deferred.append((keyword, " ".join(words), line.span))
+    return words, False
+
+
+def _word_args(
+    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+) -> tuple[tuple[str, ...], bool]:
+    words = tuple([t.lstrip() for t in rest])
+    if keyword == "VOLUME" and words[0].startswith("["):
+        context.deferred.append((keyword, " ".join(words), line.span))
+    return words, False
+
+
+def _pair_args(
+    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+) -> tuple[tuple[str, ...], bool]:
+    out: list[str] = []
+    for token in rest:
+        key, _, value = token.lstrip().partition("=")
+        out += (key, value)
+    return tuple(out), False
+
+
+_ARG_SHAPES: dict[str | None, _ArgShape] = {
+    None: _no_args,
+    "JSON_ARRAY": _json_args,
+    "TEXT": _text_args,
+    "COMMAND_TEXT": _text_args,
+    "heredoc_command": _heredoc_command_args,
+    "copy_words": _copy_words_args,
+    # WORD+, SHELL_WORD*, LEGACY_KEY TEXT, FROM's WORD [AS WORD]: each word without its blanks
+    "WORD": _word_args,
+    "LEGACY_KEY": _word_args,
+    "__volume_plus_5": _word_args,
+    "__arg_star_7": _word_args,
+    "__env_plus_6": _pair_args,
+}
+_HEREDOC_RULES = frozenset({"run", "copy", "add"})
+
+
+def _all_nodes(context: _NodeContext, children: list[Any]) -> list[Node]:
+    """dockerfile: the directives' values (None), then preamble and stages (node lists)."""
+    out: list[Node] = []
+    for part in children:
+        if part:
+            out.extend(part)
+    return out
+
+
+def _nothing(context: _NodeContext, children: list[Any]) -> None:
+    return None
+
+
+def _flags(context: _NodeContext, children: list[Any]) -> tuple[str, ...]:
+    return tuple([unquote_flag(t.lstrip()) for t in children])
+
+
+def _flags_then_end(context: _NodeContext, children: list[Any]) -> tuple[str, ...]:
+    return tuple([unquote_flag(t.lstrip()) for t in children[:-1]])  # the last is the "--"
+
+
+def _heredoc_command(context: _NodeContext, children: list[Any]) -> str:
+    return "".join(children).lstrip()  # the tokens are contiguous: the command as written
+
+
+def _copy_words(context: _NodeContext, children: list[Any]) -> tuple[str, ...]:
+    return tuple([t.lstrip() for t in children])
+
+
+def node_semantics(rule: str, symbols: tuple[str, ...]) -> Action | None:
+    """The semantic action building nodes for one grammar rule alternative (see
+    grammar.FastParser.run): nodes come straight from the reductions, no tree in between."""
+    if rule == "dockerfile":
+        return _all_nodes
+    if rule == "directive":
+        return _nothing
+    if rule.startswith("_") or rule in ("preamble", "stage"):
+        return None  # a list of nodes (inlined rules splice into their parent)
+    if rule.endswith("_flags"):
+        return _flags_then_end if symbols[-1] == "END_OF_FLAGS" else _flags
+    if rule == "heredoc_command":
+        return _heredoc_command
+    if rule == "copy_words":
+        return _copy_words
+    return _instruction_semantics(rule, symbols)
+
+
+def _instruction_semantics(rule: str, symbols: tuple[str, ...]) -> Action:
+    keyword = _KEYWORD_OF_RULE.get(rule)
+    flagged = len(symbols) > 1 and symbols[1].endswith("_flags")
+    first = 2 if flagged else 1  # index of the first argument child
+    if rule == "onbuild":
+        has_trigger = len(symbols) > first
+
+        def onbuild(context: _NodeContext, children: list[Any]) -> Node:
+            flags: tuple[str, ...] = children[1] if flagged else ()
+            if has_trigger:
+                trigger: Node = children[first]
+                line = context.lines[context.index - 1]  # the trigger took the line
+                return Node("ONBUILD", line.span, flags, (), False, (), trigger, line.text)
+            line = context.next_line()
+            return Node("ONBUILD", line.span, flags, (), False, (), None, line.text)
+
+        return onbuild
+    if rule == "healthcheck":
+        has_kind = len(symbols) > first
+        shape = _ARG_SHAPES[symbols[first + 1] if len(symbols) > first + 1 else None]
+
+        def healthcheck(context: _NodeContext, children: list[Any]) -> Node:
+            line = context.next_line()
+            flags: tuple[str, ...] = children[1] if flagged else ()
+            args: tuple[str, ...] = ()
+            json_form = False
+            if has_kind:
+                args, json_form = shape(context, children[first + 1 :], "HEALTHCHECK", line)
+                args = (children[first].lstrip(), *args)
+            return Node("HEALTHCHECK", line.span, flags, args, json_form, (), None, line.text)
+
+        return healthcheck
+    shape = _ARG_SHAPES[symbols[first] if len(symbols) > first else None]
+    takes_heredocs = rule in _HEREDOC_RULES and len(symbols) > first
+
+    def instruction(context: _NodeContext, children: list[Any]) -> Node:
+        line = context.next_line()
+        word = keyword or children[0].lstrip().upper()
+        flags: tuple[str, ...] = children[1] if flagged else ()
+        args, json_form = shape(context, children[first:], word, line)
+        heredocs = line.heredocs if takes_heredocs and not json_form else ()
+        # positional: this runs once per instruction and keyword arguments cost
+        return Node(word, line.span, flags, args, json_form, heredocs, None, line.text)
+
+    return instruction
+
+
 _MAYBE_JSON = frozenset({"RUN", "CMD", "ENTRYPOINT", "SHELL", "HEALTHCHECK"})
 _LOOKS_LIKE_JSON = re.compile(r"""^\[\s*["'].*\]\s*$""")
 
@@ -299,8 +388,9 @@ def syntax_pass(source: Source) -> tuple[list[Node], list[Warning]]:
     parts = [d_line for d_line in _directive_lines(source)]
     parts.extend(line.text for line in source.lines)
     text = "\n".join(parts) + "\n"
+    context = _NodeContext(source.lines)
     try:
-        tree = parse_tree(text, source.escape)
+        nodes: list[Node] = parse_with(text, source.escape, node_semantics, context)
     except GrammarError as e:
         index = e.line - len(source.directives) - 1
         if 0 <= index < len(source.lines):
@@ -317,14 +407,13 @@ def syntax_pass(source: Source) -> tuple[list[Node], list[Warning]]:
         raise DockerfileSyntaxError(
             f"unexpected {e.seen!r}", filename=source.filename, line=None
         ) from None
-    builder = SyntaxPass(source, text)
-    try:
-        nodes = builder.nodes(tree)
     except DockerfileError:
         raise
     except (ValueError, AssertionError, IndexError) as e:  # a grammar/transform mismatch
         raise DockerfileSyntaxError(f"cannot parse: {e}", filename=source.filename) from None
-    return nodes, builder.warnings
+    for keyword, value, span in context.deferred:
+        context.check_json_like(keyword, value, span)
+    return nodes, context.warnings
 
 
 def _directive_lines(source: Source) -> list[str]:
