@@ -15,6 +15,7 @@ result can only be the builder's clock (see :mod:`.fsmodel`).
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -185,6 +187,7 @@ class Tools:
 
     work: Path
     registry: str
+    http: str = ""  # host:port of a file server for ADD <url>: serves work/cases/
 
     @property
     def base_archive(self) -> Path:
@@ -222,6 +225,8 @@ class Tools:
 
     def _args(self, case: Case, context: Path, dockerfile: str = "Dockerfile") -> list[str]:
         args = ["--build-arg", f"REGISTRY={self.registry}"]
+        if "ARG HTTP" in (context / dockerfile).read_text():
+            args += ["--build-arg", f"HTTP={self.http}"]
         for key, value in case.build_args.items():
             args += ["--build-arg", f"{key}={value}"]
         if case.target:
@@ -303,7 +308,10 @@ def tools(plain_registry: RegistryServer) -> Iterator[Tools]:  # noqa: F811
     if reason:
         pytest.skip(reason)
     work = _tmpfs_dir("pybuild-conformance-")
-    found = Tools(work, plain_registry.host)
+    (work / "cases").mkdir()
+    server = _file_server(work / "cases")
+    found = Tools(work, plain_registry.host, f"127.0.0.1:{server.server_address[1]}")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         rootfs = work / "busybox"
         subprocess.run([str(ROOT / "scripts" / "make-busybox-rootfs"), str(rootfs)], check=True)
@@ -321,7 +329,22 @@ def tools(plain_registry: RegistryServer) -> Iterator[Tools]:  # noqa: F811
                 pytest.fail(f"making the busybox base failed:\n{log}", pytrace=False)
         yield found
     finally:
+        server.shutdown()
+        server.server_close()
         found.cleanup()
+
+
+def _file_server(root: Path) -> http.server.ThreadingHTTPServer:
+    """A plain HTTP server of ``root`` (Last-Modified from each file's mtime), quiet."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 
 
 @dataclass
