@@ -4,7 +4,8 @@ Each case is a folder ``fixtures/conformance/<case>/`` (a Dockerfile, a small co
 optional ``case.json``; :class:`Case` documents its keys). The session builds every selected
 case once with pybuild and once with Buildah (a private ``--root``/``--runroot`` for the
 session, removed afterwards), exports both as docker-archive tars and hands the tests their
-paths. The builds run a few at a time in threads (they are subprocesses), cases named as a
+paths. The builds run a few at a time in threads (they are subprocesses): pybuild's in
+parallel, Buildah's one at a time (its store is shared by the session), cases named as a
 ``base`` by another case first.
 
 The base image is made from ``busybox-static`` with every mtime pinned to
@@ -188,6 +189,7 @@ class Tools:
     work: Path
     registry: str
     http: str = ""  # host:port of a file server for ADD <url>: serves work/cases/
+    buildah_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def base_archive(self) -> Path:
@@ -247,6 +249,10 @@ class Tools:
         return BuildResult(archive if ok else None, log)
 
     def build_buildah(self, case: Case, context: Path, out: Path) -> BuildResult:
+        with self.buildah_lock:  # one store: concurrent bud runs in it have raced (--mount from=)
+            return self._build_buildah(case, context, out)
+
+    def _build_buildah(self, case: Case, context: Path, out: Path) -> BuildResult:
         archive = out / "buildah.tar"
         image = case.image(self.registry)
         ok, log = self.buildah(
