@@ -196,8 +196,10 @@ class _LazyScanners(dict[int, Any]):
 
 # How a reduction gathers its children (see Tables' child plan).
 _KEEP = 0  # every child as is
-_GROW = 1  # (2, 1[, 0]): the inlined list in the first child grows by one value
-_SPLICE = 2  # anything else: FastParser._splice
+_GROW = 1  # (2, 1[, 0]) without an action: the inlined list in the first child grows by one
+_PASS = 2  # (2,): the one child is an inlined rule's list, which becomes the children
+_SPLICE = 3  # anything else: FastParser._splice
+_NEVER = re.compile("(?!)").match  # the scanner of a state that accepts no terminal
 
 
 def _tree_semantics(rule: str, symbols: tuple[str, ...]) -> Action | None:
@@ -238,7 +240,7 @@ class FastParser:
     def compile_scanner(self, state: int) -> Any:
         names = self._terminals[state]
         if not names:
-            return None
+            return _NEVER
         alternatives = "|".join(f"(?P<{n}>{self._patterns[n]})" for n in names)
         return re.compile(alternatives).match
 
@@ -257,13 +259,16 @@ class FastParser:
                     continue
                 if act not in reductions:
                     name, size, _, plan, symbols = act
+                    action = semantics(name, symbols)
                     if plan is None:
                         how = _KEEP
-                    elif plan[0] == 2 and plan[1:2] == (1,) and not any(plan[2:]):
+                    elif plan == (2,):
+                        how = _PASS
+                    elif action is None and plan[0] == 2 and plan[1] == 1 and not any(plan[2:]):
                         how = _GROW
                     else:
                         how = _SPLICE
-                    reductions[act] = (semantics(name, symbols), size, how, plan, name)
+                    reductions[act] = (action, size, how, plan, name)
                 out[symbol] = reductions[act]
             bound[state] = out
         self._bound[semantics] = bound
@@ -285,63 +290,80 @@ class FastParser:
         splice = self._splice
         state_stack = [self.start_state]
         values: list[Any] = []
+        push_state = state_stack.append
+        push_value = values.append
         pos = 0
         n = len(text)
         line = 1
-        end_state = self.end_state
         state: Any = self.start_state
         token: Any
-        while True:
-            if pos < n:
-                scan = scanners[state]
-                match = scan(text, pos) if scan is not None else None
-                if match is None:
-                    raise self._unexpected_text(text, pos, state)
-                kind = match.lastgroup
-                start = pos
-                pos = match.end()
-                if not tokens:
-                    token = text[start:pos]
-                elif kind[0] == "_":
-                    token = None
-                    if kind == "_NL":
-                        line += 1
-                else:
-                    token = Tok(kind, text[start:pos], start, line)
+        children: list[Any]
+        # Every token but the end: the start rule is reduced only on "$END", so the loop
+        # cannot finish here and needs no accept test per reduction.
+        while pos < n:
+            match = scanners[state](text, pos)
+            if match is None:
+                raise self._unexpected_text(text, pos, state)
+            kind = match.lastgroup
+            start = pos
+            pos = match.end()
+            if not tokens:
+                token = text[start:pos]
+            elif kind[0] == "_":
+                token = None
+                if kind == "_NL":
+                    line += 1
             else:
-                kind, token, start = "$END", None, pos
+                token = Tok(kind, text[start:pos], start, line)
             row = actions[state]
             while True:
                 act: Any = row.get(kind)
                 if type(act) is int:
-                    state_stack.append(act)
-                    values.append(token)
+                    push_state(act)
+                    push_value(token)
                     state = act
                     break
                 if act is None:
                     raise self._unexpected_token(text, start, pos, state)
                 action, size, how, plan, name = act
-                children: list[Any]
-                if how == _GROW:
-                    children = values[-size]
-                    children.append(values[1 - size])
-                    del values[-size:]
+                if how == _GROW:  # the list stays where it is on the value stack
+                    values[-size].append(values[1 - size])
+                    del values[1 - size :]
                     del state_stack[-size:]
-                elif size:
-                    children = values[-size:]
-                    del values[-size:]
-                    del state_stack[-size:]
-                    if how == _SPLICE:
-                        children = splice(children, plan)
                 else:
-                    children = []
-                result = children if action is None else action(context, children)
+                    if how == _PASS:
+                        children = values.pop()
+                        state_stack.pop()
+                    elif size:
+                        children = values[-size:]
+                        del values[-size:]
+                        del state_stack[-size:]
+                        if how == _SPLICE:
+                            children = splice(children, plan)
+                    else:
+                        children = []
+                    push_value(children if action is None else action(context, children))
                 state = actions[state_stack[-1]][name]  # a goto: always an int
-                state_stack.append(state)
-                values.append(result)
-                if state == end_state and kind == "$END":
-                    return result
+                push_state(state)
                 row = actions[state]
+        # The end: reductions up to the start rule (never a shift on "$END").
+        while True:
+            act = actions[state].get("$END")
+            if type(act) is not tuple:
+                raise self._unexpected_token(text, pos, pos, state)
+            action, size, how, plan, name = act
+            children = values[-size:] if size else []
+            if size:
+                del values[-size:]
+                del state_stack[-size:]
+            if how != _KEEP:
+                children = splice(children, plan)
+            result = children if action is None else action(context, children)
+            state = actions[state_stack[-1]][name]
+            if state == self.end_state:
+                return result
+            push_state(state)
+            push_value(result)
 
     @staticmethod
     def _splice(taken: list[Any], plan: tuple[int, ...]) -> list[Any]:
