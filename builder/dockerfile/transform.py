@@ -538,60 +538,62 @@ def parse_mount(spec: str, node: Node) -> MountSpec:
         if key in fields:
             source = fields.pop(key)
     readonly: bool | None = None
-    for key in ("readonly", "ro"):
-        if key in fields:
-            readonly = _bool_field(fields.pop(key), key, node)
-    if "rw" in fields:
-        rw = _bool_field(fields.pop("rw"), "rw", node)
-        readonly = not rw
-    from_ = fields.pop("from", None)
-    mount_id = fields.pop("id", None)
-    sharing = fields.pop("sharing", None)
-    if (
-        sharing is not None
-        and sharing not in ("shared", "private", "locked")
-        and "$" not in sharing
-    ):
-        raise _err(InvalidFlagError, node, f"unsupported sharing value {sharing!r}")
-    mode = _int_field(fields.pop("mode", None), "mode", node, base=8)
-    uid = _int_field(fields.pop("uid", None), "uid", node)
-    gid = _int_field(fields.pop("gid", None), "gid", node)
-    size: int | None = None
-    if "size" in fields:
-        raw = fields.pop("size") or ""
-        match = _SIZE.match(raw.strip())
-        if not match:
-            raise _err(InvalidFlagError, node, f"invalid size {raw!r} in --mount")
-        unit = (match.group(2) or "").lower().rstrip("b").rstrip("i")
-        size = int(float(match.group(1)) * _SIZE_UNITS.get(unit, 1))
-    required = None
-    if "required" in fields:
-        required = _bool_field(fields.pop("required"), "required", node)
-    env = fields.pop("env", None)
-    allowed_extra = {"relabel"}
-    unknown = [k for k in fields if k not in allowed_extra]
-    if unknown:
-        known = [
-            "type",
-            "target",
-            "source",
-            "from",
-            "id",
-            "readonly",
-            "rw",
-            "sharing",
-            "mode",
-            "uid",
-            "gid",
-            "size",
-            "required",
-            "env",
-        ]
-        hint = suggest(unknown[0], known)
-        message = f"unexpected key '{unknown[0]}' in '{spec}'"
-        if hint:
-            message += f" (did you mean {hint}?)"
-        raise _err(InvalidFlagError, node, message)
+    from_ = mount_id = sharing = env = None
+    mode = uid = gid = size = None
+    required: bool | None = None
+    if fields:  # more than type, target and source
+        for key in ("readonly", "ro"):
+            if key in fields:
+                readonly = _bool_field(fields.pop(key), key, node)
+        if "rw" in fields:
+            rw = _bool_field(fields.pop("rw"), "rw", node)
+            readonly = not rw
+        from_ = fields.pop("from", None)
+        mount_id = fields.pop("id", None)
+        sharing = fields.pop("sharing", None)
+        if (
+            sharing is not None
+            and sharing not in ("shared", "private", "locked")
+            and "$" not in sharing
+        ):
+            raise _err(InvalidFlagError, node, f"unsupported sharing value {sharing!r}")
+        mode = _int_field(fields.pop("mode", None), "mode", node, base=8)
+        uid = _int_field(fields.pop("uid", None), "uid", node)
+        gid = _int_field(fields.pop("gid", None), "gid", node)
+        if "size" in fields:
+            raw = fields.pop("size") or ""
+            match = _SIZE.match(raw.strip())
+            if not match:
+                raise _err(InvalidFlagError, node, f"invalid size {raw!r} in --mount")
+            unit = (match.group(2) or "").lower().rstrip("b").rstrip("i")
+            size = int(float(match.group(1)) * _SIZE_UNITS.get(unit, 1))
+        if "required" in fields:
+            required = _bool_field(fields.pop("required"), "required", node)
+        env = fields.pop("env", None)
+        allowed_extra = {"relabel"}
+        unknown = [k for k in fields if k not in allowed_extra]
+        if unknown:
+            known = [
+                "type",
+                "target",
+                "source",
+                "from",
+                "id",
+                "readonly",
+                "rw",
+                "sharing",
+                "mode",
+                "uid",
+                "gid",
+                "size",
+                "required",
+                "env",
+            ]
+            hint = suggest(unknown[0], known)
+            message = f"unexpected key '{unknown[0]}' in '{spec}'"
+            if hint:
+                message += f" (did you mean {hint}?)"
+            raise _err(InvalidFlagError, node, message)
     # A bind mount without target= is accepted (BuildKit's own Dockerfiles use
     # `--mount=from=stage`); cache and tmpfs mounts need somewhere to go.
     if mount_type in ("cache", "tmpfs") and not target:
@@ -600,21 +602,22 @@ def parse_mount(spec: str, node: Node) -> MountSpec:
         raise _err(InvalidFlagError, node, "secret mount requires an id, target or env")
     if from_ is not None and mount_type in ("tmpfs", "secret", "ssh"):
         raise _err(InvalidFlagError, node, f"from= is not allowed on a {mount_type} mount")
+    # positional, in field order (keyword arguments cost more than the rest of this)
     return MountSpec(
-        type=mount_type,
-        target=target,
-        source=source,
-        from_=from_,
-        id=mount_id,
-        readonly=readonly,
-        sharing=sharing,
-        mode=mode,
-        uid=uid,
-        gid=gid,
-        size=size,
-        required=required,
-        env=env,
-        raw=spec,
+        mount_type,
+        target,
+        source,
+        from_,
+        mount_id,
+        readonly,
+        sharing,
+        mode,
+        uid,
+        gid,
+        size,
+        required,
+        env,
+        spec,
     )
 
 
@@ -677,144 +680,209 @@ def _require(node: Node, ok: bool, message: str) -> None:
 def typed_instruction(node: Node) -> ins.Instruction:
     """The typed form of one node (raises DockerfileError subclasses with its location)."""
     kw = node.keyword
-    if kw not in _KNOWN:
+    build = _TYPED.get(kw)
+    if build is None:
         hint = suggest(kw, KNOWN_INSTRUCTIONS)
         message = f"unknown instruction: {kw}"
         if hint:
             message += f" (did you mean {hint}?)"
         raise _err(UnknownInstructionError, node, message)
     flags = FlagValues(node, FLAGS.get(kw, _NO_FLAGS)) if node.flags else _EMPTY_FLAGS
+    return build(node, flags)
+
+
+# One builder per instruction. The constructors are called positionally (in the classes'
+# field order): this runs once per instruction and keyword arguments cost.
+
+
+def _typed_from(node: Node, flags: FlagValues) -> ins.From:
+    # The grammar guarantees one word or "image AS name".
     args = node.args
-    if kw == "FROM":
-        # The grammar guarantees one word or "image AS name".
-        name = None
-        if len(args) == 3:
-            name = args[2].lower()
-            if not _STAGE_NAME.match(name):
-                raise _err(
-                    DockerfileSyntaxError,
-                    node,
-                    f"invalid name for build stage: {args[2]!r}, name can't start with a "
-                    "number or contain symbols",
-                )
-        return ins.From(node, image=args[0], name=name, platform=flags.string("platform"))
-    if kw == "RUN":
-        _require(node, bool(args) or bool(node.heredocs), "RUN requires at least one argument")
-        mounts = tuple(parse_mount(m, node) for m in flags.strings("mount"))
-        network = flags.string("network")
-        if network is not None and network not in NETWORK_MODES and "$" not in network:
+    name = None
+    if len(args) == 3:
+        name = args[2].lower()
+        if not _STAGE_NAME.match(name):
             raise _err(
-                InvalidFlagError,
+                DockerfileSyntaxError,
                 node,
-                f"unsupported network mode {network!r} (use one of {', '.join(NETWORK_MODES)})",
+                f"invalid name for build stage: {args[2]!r}, name can't start with a "
+                "number or contain symbols",
             )
-        security = flags.string("security")
-        if security is not None and security not in SECURITY_MODES and "$" not in security:
-            raise _err(
-                InvalidFlagError,
-                node,
-                f"unsupported security mode {security!r} (use sandbox or insecure)",
-            )
-        return ins.Run(
+    return ins.From(node, args[0], name, flags.string("platform"))
+
+
+def _typed_run(node: Node, flags: FlagValues) -> ins.Run:
+    args = node.args
+    if not args and not node.heredocs:
+        raise _err(DockerfileSyntaxError, node, "RUN requires at least one argument")
+    if flags is _EMPTY_FLAGS:
+        return ins.Run(node, args, node.json_form, (), None, None, node.heredocs)
+    values: Any = flags.values  # kinds fixed by FLAGS["RUN"]: mount a list, network/security str
+    mounts = tuple([parse_mount(m, node) for m in values.get("mount", ())])
+    network = values.get("network")
+    if network is not None and network not in NETWORK_MODES and "$" not in network:
+        raise _err(
+            InvalidFlagError,
             node,
-            command=args,
-            json_form=node.json_form,
-            mounts=mounts,
-            network=network,
-            security=security,
-            heredocs=node.heredocs,
+            f"unsupported network mode {network!r} (use one of {', '.join(NETWORK_MODES)})",
         )
-    if kw in ("CMD", "ENTRYPOINT"):
-        cls = ins.Cmd if kw == "CMD" else ins.Entrypoint
-        return cls(node, command=args, json_form=node.json_form)
-    if kw == "SHELL":
-        _require(node, node.json_form, "SHELL requires the arguments to be in JSON form")
-        _require(node, bool(args), "SHELL requires at least one argument")
-        return ins.Shell(node, command=args)
-    if kw in ("COPY", "ADD"):
-        _require(
+    security = values.get("security")
+    if security is not None and security not in SECURITY_MODES and "$" not in security:
+        raise _err(
+            InvalidFlagError,
             node,
-            len(args) >= 2,
+            f"unsupported security mode {security!r} (use sandbox or insecure)",
+        )
+    return ins.Run(node, args, node.json_form, mounts, network, security, node.heredocs)
+
+
+def _typed_cmd(node: Node, flags: FlagValues) -> ins.Cmd:
+    return ins.Cmd(node, node.args, node.json_form)
+
+
+def _typed_entrypoint(node: Node, flags: FlagValues) -> ins.Entrypoint:
+    return ins.Entrypoint(node, node.args, node.json_form)
+
+
+def _typed_shell(node: Node, flags: FlagValues) -> ins.Shell:
+    _require(node, node.json_form, "SHELL requires the arguments to be in JSON form")
+    _require(node, bool(node.args), "SHELL requires at least one argument")
+    return ins.Shell(node, node.args)
+
+
+def _require_source_and_dest(node: Node) -> None:
+    args = node.args
+    if len(args) < 2:
+        kw = node.keyword
+        raise _err(
+            DockerfileSyntaxError,
+            node,
             f"{kw} requires at least two arguments, but only one was provided. Destination "
             "could not be determined."
             if len(args) == 1
             else f"{kw} requires at least two arguments",
         )
-        sources, dest = args[:-1], args[-1]
-        if kw == "COPY":
-            return ins.Copy(
-                node,
-                sources=sources,
-                dest=dest,
-                from_=flags.string("from"),
-                chown=flags.string("chown"),
-                chmod=flags.string("chmod"),
-                link=bool(flags.boolean("link")),
-                parents=bool(flags.boolean("parents")),
-                exclude=tuple(flags.strings("exclude")),
-                heredocs=node.heredocs,
-            )
-        return ins.Add(
-            node,
-            sources=sources,
-            dest=dest,
-            chown=flags.string("chown"),
-            chmod=flags.string("chmod"),
-            link=bool(flags.boolean("link")),
-            checksum=flags.string("checksum"),
-            keep_git_dir=bool(flags.boolean("keep-git-dir")),
-            unpack=flags.boolean("unpack"),
-            exclude=tuple(flags.strings("exclude")),
-            heredocs=node.heredocs,
+
+
+def _typed_copy(node: Node, flags: FlagValues) -> ins.Copy:
+    _require_source_and_dest(node)
+    args = node.args
+    if flags is _EMPTY_FLAGS:
+        return ins.Copy(
+            node, args[:-1], args[-1], None, None, None, False, False, (), node.heredocs
         )
-    if kw in ("ENV", "LABEL"):
-        _require(node, bool(args), f"{kw} requires at least one argument")
-        pairs = tuple(zip(args[0::2], args[1::2]))
-        for key, _ in pairs:
-            _require(node, key != "", f"{kw} names can not be blank")
-        return (ins.Env if kw == "ENV" else ins.Label)(node, pairs=pairs)
-    if kw == "ARG":
-        _require(node, bool(args), "ARG requires at least one argument")
-        arg_pairs: list[tuple[str, str | None]] = []
-        for word in args:
-            name, eq, default = word.partition("=")
-            _require(node, name != "", f"ARG names can not be blank: {word!r}")
-            arg_pairs.append((name, default if eq else None))
-        return ins.Arg(node, pairs=tuple(arg_pairs))
-    if kw == "EXPOSE":
-        _require(node, bool(args), "EXPOSE requires at least one argument")
-        return ins.Expose(node, ports=args)
-    if kw == "VOLUME":
-        _require(node, bool(args), "VOLUME requires at least one argument")
-        for path in args:
-            _require(node, path.strip() != "", "VOLUME specified can not be an empty string")
-        return ins.Volume(node, paths=args)
-    if kw in ("USER", "WORKDIR", "MAINTAINER", "STOPSIGNAL"):
-        _require(node, len(args) == 1, f"{kw} requires exactly one argument")
-        value = args[0]
-        if kw == "USER":
-            return ins.User(node, user=value)
-        if kw == "WORKDIR":
-            return ins.Workdir(node, path=value)
-        if kw == "MAINTAINER":
-            return ins.Maintainer(node, maintainer=value)
-        return ins.Stopsignal(node, signal=value)
-    if kw == "HEALTHCHECK":
-        return _healthcheck(node, flags)
-    if kw == "ONBUILD":
-        _require(node, node.trigger is not None, "ONBUILD requires at least one argument")
-        assert node.trigger is not None
-        trigger_kw = node.trigger.keyword
-        if trigger_kw == "ONBUILD":
-            raise _err(
-                DockerfileSyntaxError, node, "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"
-            )
-        if trigger_kw in ("FROM", "MAINTAINER"):
-            raise _err(
-                DockerfileSyntaxError, node, f"{trigger_kw} isn't allowed as an ONBUILD trigger"
-            )
-        return ins.Onbuild(node, trigger=typed_instruction(node.trigger))
-    raise AssertionError(kw)  # pragma: no cover - every known keyword is handled above
+    values: Any = flags.values  # kinds fixed by FLAGS["COPY"]
+    return ins.Copy(
+        node,
+        args[:-1],
+        args[-1],
+        values.get("from"),
+        values.get("chown"),
+        values.get("chmod"),
+        bool(values.get("link")),
+        bool(values.get("parents")),
+        tuple(values.get("exclude", ())),
+        node.heredocs,
+    )
+
+
+def _typed_add(node: Node, flags: FlagValues) -> ins.Add:
+    _require_source_and_dest(node)
+    args = node.args
+    return ins.Add(
+        node,
+        sources=args[:-1],
+        dest=args[-1],
+        chown=flags.string("chown"),
+        chmod=flags.string("chmod"),
+        link=bool(flags.boolean("link")),
+        checksum=flags.string("checksum"),
+        keep_git_dir=bool(flags.boolean("keep-git-dir")),
+        unpack=flags.boolean("unpack"),
+        exclude=tuple(flags.strings("exclude")),
+        heredocs=node.heredocs,
+    )
+
+
+def _pairs(node: Node) -> tuple[tuple[str, str], ...]:
+    args = node.args
+    if not args:
+        raise _err(DockerfileSyntaxError, node, f"{node.keyword} requires at least one argument")
+    keys = args[0::2][: len(args) // 2]  # the keys that have a value (zip's pairs)
+    if "" in keys:
+        raise _err(DockerfileSyntaxError, node, f"{node.keyword} names can not be blank")
+    return tuple(zip(keys, args[1::2]))
+
+
+def _typed_env(node: Node, flags: FlagValues) -> ins.Env:
+    return ins.Env(node, _pairs(node))
+
+
+def _typed_label(node: Node, flags: FlagValues) -> ins.Label:
+    return ins.Label(node, _pairs(node))
+
+
+def _typed_arg(node: Node, flags: FlagValues) -> ins.Arg:
+    args = node.args
+    if not args:
+        raise _err(DockerfileSyntaxError, node, "ARG requires at least one argument")
+    arg_pairs: list[tuple[str, str | None]] = []
+    for word in args:
+        name, eq, default = word.partition("=")
+        if not name:
+            raise _err(DockerfileSyntaxError, node, f"ARG names can not be blank: {word!r}")
+        arg_pairs.append((name, default if eq else None))
+    return ins.Arg(node, tuple(arg_pairs))
+
+
+def _typed_expose(node: Node, flags: FlagValues) -> ins.Expose:
+    if not node.args:
+        raise _err(DockerfileSyntaxError, node, "EXPOSE requires at least one argument")
+    return ins.Expose(node, node.args)
+
+
+def _typed_volume(node: Node, flags: FlagValues) -> ins.Volume:
+    args = node.args
+    _require(node, bool(args), "VOLUME requires at least one argument")
+    for path in args:
+        _require(node, path.strip() != "", "VOLUME specified can not be an empty string")
+    return ins.Volume(node, args)
+
+
+def _one_argument(node: Node) -> str:
+    args = node.args
+    if len(args) != 1:
+        raise _err(DockerfileSyntaxError, node, f"{node.keyword} requires exactly one argument")
+    return args[0]
+
+
+def _typed_user(node: Node, flags: FlagValues) -> ins.User:
+    return ins.User(node, _one_argument(node))
+
+
+def _typed_workdir(node: Node, flags: FlagValues) -> ins.Workdir:
+    return ins.Workdir(node, _one_argument(node))
+
+
+def _typed_maintainer(node: Node, flags: FlagValues) -> ins.Maintainer:
+    return ins.Maintainer(node, _one_argument(node))
+
+
+def _typed_stopsignal(node: Node, flags: FlagValues) -> ins.Stopsignal:
+    return ins.Stopsignal(node, _one_argument(node))
+
+
+def _typed_onbuild(node: Node, flags: FlagValues) -> ins.Onbuild:
+    _require(node, node.trigger is not None, "ONBUILD requires at least one argument")
+    assert node.trigger is not None
+    trigger_kw = node.trigger.keyword
+    if trigger_kw == "ONBUILD":
+        raise _err(
+            DockerfileSyntaxError, node, "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"
+        )
+    if trigger_kw in ("FROM", "MAINTAINER"):
+        raise _err(DockerfileSyntaxError, node, f"{trigger_kw} isn't allowed as an ONBUILD trigger")
+    return ins.Onbuild(node, trigger=typed_instruction(node.trigger))
 
 
 def _healthcheck(node: Node, flags: FlagValues) -> ins.Healthcheck:
@@ -865,6 +933,29 @@ def _healthcheck(node: Node, flags: FlagValues) -> ins.Healthcheck:
     )
 
 
+_TYPED: dict[str, Callable[[Node, FlagValues], ins.Instruction]] = {
+    "FROM": _typed_from,
+    "RUN": _typed_run,
+    "CMD": _typed_cmd,
+    "ENTRYPOINT": _typed_entrypoint,
+    "SHELL": _typed_shell,
+    "COPY": _typed_copy,
+    "ADD": _typed_add,
+    "ENV": _typed_env,
+    "LABEL": _typed_label,
+    "ARG": _typed_arg,
+    "EXPOSE": _typed_expose,
+    "VOLUME": _typed_volume,
+    "USER": _typed_user,
+    "WORKDIR": _typed_workdir,
+    "MAINTAINER": _typed_maintainer,
+    "STOPSIGNAL": _typed_stopsignal,
+    "HEALTHCHECK": _healthcheck,
+    "ONBUILD": _typed_onbuild,
+}
+assert set(_TYPED) == _KNOWN
+
+
 def typed_pass(
     nodes: list[Node], filename: str
 ) -> tuple[tuple[ins.Arg, ...], tuple[ins.Stage, ...]]:
@@ -880,8 +971,12 @@ def typed_pass(
             stages.append(ins.Stage(len(stages), current, tuple(body)))
 
     for node in nodes:
-        typed = typed_instruction(node)
-        if isinstance(typed, ins.From):
+        build = _TYPED.get(node.keyword)
+        # typed_instruction inlined for the common case (a known keyword without flags)
+        typed = (
+            typed_instruction(node) if build is None or node.flags else build(node, _EMPTY_FLAGS)
+        )
+        if type(typed) is ins.From:
             close()
             if typed.name is not None:
                 if typed.name in names:
