@@ -278,6 +278,31 @@ def compare_models(
     return diffs
 
 
+# Buildah (1.28) leaves the mount points it made for a RUN step's bind mounts in the layer: an
+# empty /etc/hostname and /etc/resolv.conf and an empty /run (containers/buildah#4242, open).
+# `docker build` leaves none (BuildKit removes its mount stubs), nor does pybuild.
+BUILDAH_RUN_STUBS = ("/etc/hostname", "/etc/resolv.conf", "/run")
+
+
+def without_buildah_run_stubs(
+    ours: Mapping[str, Entry], theirs: Mapping[str, Entry]
+) -> dict[str, Entry]:
+    """Buildah's model without the RUN mount stubs pybuild's lacks (and their effect on /etc)."""
+    out = dict(theirs)
+    for path in BUILDAH_RUN_STUBS:
+        entry = out.get(path)
+        if path in ours or entry is None:
+            continue
+        children = [p for p in out if p.startswith(path + "/")]
+        if (entry.type == "file" and entry.size == 0) or (entry.type == "dir" and not children):
+            del out[path]
+            parent = path.rsplit("/", 1)[0]
+            # Making the stub changed its directory's mtime; pybuild's may rightly be older.
+            if parent in out and parent in ours and ours[parent].mtime != out[parent].mtime:
+                out[parent] = replace(out[parent], mtime=ours[parent].mtime)
+    return out
+
+
 # -- image archives ---------------------------------------------------------------------
 
 

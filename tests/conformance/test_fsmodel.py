@@ -23,6 +23,7 @@ from .fsmodel import (
     build_model,
     compare_models,
     mtime_bucket,
+    without_buildah_run_stubs,
 )
 
 OLD = 946684800  # 2000-01-01, a fixed time kept exactly
@@ -286,6 +287,50 @@ def test_bad_hard_link_is_an_error_naming_the_member(members: tuple[Any, ...]) -
 def test_not_a_tar_is_an_error() -> None:
     with pytest.raises(LayerFormatError, match="layer 0: not a tar"):
         build_model([io.BytesIO(b"\x00garbage" * 100)])
+
+
+STUBS = (("file", "etc/hostname", {"data": b"", "mtime": NEW}), ("dir", "run", {"mtime": NEW}))
+
+
+@pytest.mark.parametrize(
+    ("theirs_layer", "expected"),
+    [
+        pytest.param(
+            (("dir", "etc", {"mtime": NEW}), *STUBS), [], id="empty stubs and their /etc mtime"
+        ),
+        pytest.param(
+            (("dir", "etc", {"mtime": NEW}), ("file", "etc/hostname", {"data": b"host"})),
+            [("/etc", "mtime"), ("/etc/hostname", "exists")],
+            id="a stub with content is a real file",
+        ),
+        pytest.param(
+            (("dir", "run"), ("file", "run/x")),
+            [("/run", "exists"), ("/run/x", "exists")],
+            id="a non-empty /run is real",
+        ),
+        pytest.param(
+            (("dir", "etc", {"mtime": NEW}), ("file", "etc/group2")),
+            [("/etc", "mtime"), ("/etc/group2", "exists")],
+            id="only a stub excuses the /etc mtime",
+        ),
+    ],
+)
+def test_buildah_run_stubs_are_dropped_only_when_empty(
+    theirs_layer: tuple[Any, ...], expected: list[tuple[str, str]]
+) -> None:
+    ours = build_model([layer(*LOWER)])
+    theirs = without_buildah_run_stubs(ours, build_model([layer(*LOWER), layer(*theirs_layer)]))
+    assert [(d.path, d.field) for d in compare_models(ours, theirs)] == expected
+
+
+def test_buildah_run_stubs_are_kept_when_pybuild_has_them() -> None:
+    ours = build_model([layer(*LOWER, ("file", "etc/hostname", {"data": b"x"}))])
+    theirs = without_buildah_run_stubs(ours, build_model([layer(*LOWER), layer(*STUBS)]))
+    assert [(d.path, d.field) for d in compare_models(ours, theirs)] == [
+        ("/etc/hostname", "size"),
+        ("/etc/hostname", "sha256"),
+        ("/etc/hostname", "mtime"),
+    ]  # /run is still dropped: pybuild has none
 
 
 # -- configs ----------------------------------------------------------------------------
