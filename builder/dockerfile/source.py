@@ -320,18 +320,6 @@ class _DirectiveBlock:
         return "\\"
 
 
-def _continued(line: str, escape: str) -> str | None:
-    """The line without its continuation mark, or None if it does not continue.
-
-    BuildKit's rule (its regex ``([^E])E[ \t]*$|^E[ \t]*$`` for escape E): the escape
-    character, not itself escaped, followed only by blanks; or a line of just the escape.
-    """
-    stripped = line.rstrip(" \t")
-    if stripped[-1:] != escape or (len(stripped) > 1 and stripped[-2] == escape):
-        return None
-    return stripped[:-1]
-
-
 def split_source(text: str, filename: str = "Dockerfile") -> Source:
     """Split a Dockerfile into directives and logical lines (see the module docstring)."""
     if text.startswith(BOM):
@@ -362,8 +350,15 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
             continue
         start = i
         indent = len(first) - len(token)
+        # Does the line continue? BuildKit's rule (its regex ``([^E])E[ \t]*$|^E[ \t]*$`` for
+        # escape E): the escape character, not itself escaped, followed only by blanks; or
+        # a line of just the escape. Written out inline: this runs once per physical line.
+        body = None
         last = token[-1]
-        body = _continued(token, escape) if last == escape or last in " \t" else None
+        if last == escape or last == " " or last == "\t":
+            stripped = token.rstrip(" \t")
+            if stripped[-1] == escape and stripped[-2:] != escape + escape:
+                body = stripped[:-1]
         if body is None:
             joined = token
         else:
@@ -378,11 +373,11 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
                     continue
                 if content[0] == "#":
                     continue
-                body = _continued(line, escape)
-                if body is None:
-                    parts.append(line)
+                stripped = line.rstrip(" \t")
+                if stripped[-1] != escape or stripped[-2:] == escape + escape:
+                    parts.append(line)  # the instruction's last line
                     break
-                parts.append(body)
+                parts.append(stripped[:-1])
             joined = "".join(parts)
             if empty_continuation:
                 warnings.append(

@@ -354,7 +354,9 @@ def _instruction_semantics(rule: str, symbols: tuple[str, ...]) -> Action:
     takes_heredocs = rule in _HEREDOC_RULES and len(symbols) > first
 
     def instruction(context: _NodeContext, children: list[Any]) -> Node:
-        line = context.next_line()
+        index = context.index  # context.next_line(), inlined: this runs per instruction
+        line = context.lines[index]
+        context.index = index + 1
         word = keyword or children[0].lstrip().upper()
         flags: tuple[str, ...] = children[1] if flagged else ()
         args, json_form = shape(context, children[first:], word, line)
@@ -385,8 +387,8 @@ def _syntax_message(line_text: str, error: GrammarError) -> str:
 
 def syntax_pass(source: Source) -> tuple[list[Node], list[Warning]]:
     """Parse the pre-processed source with the grammar and build its nodes."""
-    parts = [d_line for d_line in _directive_lines(source)]
-    parts.extend(line.text for line in source.lines)
+    parts = _directive_lines(source)
+    parts += [line.text for line in source.lines]
     text = "\n".join(parts) + "\n"
     context = _NodeContext(source.lines)
     try:
