@@ -17,25 +17,6 @@ __all__ = ["Dockerfile", "Node", "Span", "Stage", "Warning", "parse"]
 
 def parse(text: str, filename: str = "Dockerfile", *, syntax_only: bool = False) -> Dockerfile:
     """Parse a Dockerfile; raise a DockerfileError subclass (``FILE:LINE: message``) if bad."""
-    from builder.dockerfile import lint, transform
-    from builder.dockerfile.source import split_source
+    from builder.dockerfile import transform  # lazily: it brings the grammar driver
 
-    source = split_source(text, filename)
-    nodes, warnings = transform.syntax_pass(source)
-    all_warnings = list(source.warnings) + warnings + lint.node_warnings(nodes)
-    check = next((d.value for d in source.directives if d.name == "check"), None)
-    meta_args: tuple = ()
-    stages: tuple = ()
-    if not syntax_only:
-        meta_args, stages = transform.typed_pass(nodes, filename)
-        all_warnings = lint.apply_check(all_warnings, check)
-    return Dockerfile(
-        filename=filename,
-        escape=source.escape,
-        directives=source.directives,
-        nodes=tuple(nodes),
-        meta_args=meta_args,
-        stages=stages,
-        warnings=tuple(all_warnings),
-        typed=not syntax_only,
-    )
+    return transform.parse_dockerfile(text, filename, syntax_only)

@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from builder.dockerfile import instructions as ins
+from builder.dockerfile import lint
 from builder.dockerfile.grammar import Action, GrammarError, parse_with
 from builder.dockerfile.instructions import MountSpec, Node
-from builder.dockerfile.source import LogicalLine, Source, Span, Warning
+from builder.dockerfile.source import LogicalLine, Source, Span, Warning, split_source
 from builder.errors import (
     DockerfileError,
     DockerfileSyntaxError,
@@ -1010,3 +1011,32 @@ def typed_pass(
             line=last.line,
         )
     return tuple(meta), tuple(stages)
+
+
+def parse_dockerfile(text: str, filename: str, syntax_only: bool) -> ins.Dockerfile:
+    """The three passes (see builder.dockerfile.parse, which is this)."""
+    source = split_source(text, filename)
+    nodes, warnings = syntax_pass(source)
+    all_warnings = list(source.warnings) + warnings + lint.node_warnings(nodes)
+    meta_args: tuple[ins.Arg, ...] = ()
+    stages: tuple[ins.Stage, ...] = ()
+    if not syntax_only:
+        meta_args, stages = typed_pass(nodes, filename)
+        if all_warnings:  # (with none, apply_check has nothing to drop or raise)
+            check = None
+            for directive in source.directives:
+                if directive.name == "check":
+                    check = directive.value
+                    break
+            all_warnings = lint.apply_check(all_warnings, check)
+    # positional: filename, escape, directives, nodes, meta_args, stages, warnings, typed
+    return ins.Dockerfile(
+        filename,
+        source.escape,
+        source.directives,
+        tuple(nodes),
+        meta_args,
+        stages,
+        tuple(all_warnings),
+        not syntax_only,
+    )
