@@ -353,6 +353,22 @@ def _instruction_semantics(rule: str, symbols: tuple[str, ...]) -> Action:
         return healthcheck
     shape = _ARG_SHAPES[symbols[first] if len(symbols) > first else None]
     takes_heredocs = rule in _HEREDOC_RULES and len(symbols) > first
+    if shape is _text_args and keyword is not None:
+        # the commonest shape (RUN/CMD/WORKDIR/USER text), with _text_args written in
+        maybe_json = keyword in _MAYBE_JSON
+
+        def text_instruction(context: _NodeContext, children: list[Any]) -> Node:
+            index = context.index
+            line = context.lines[index]
+            context.index = index + 1
+            value = children[first].strip()
+            if maybe_json and value[0] == "[":
+                context.deferred.append((keyword, value, line.span))
+            flags: tuple[str, ...] = children[1] if flagged else ()
+            heredocs = line.heredocs if takes_heredocs else ()
+            return Node(keyword, line.span, flags, (value,), False, heredocs, None, line.text)
+
+        return text_instruction
 
     def instruction(context: _NodeContext, children: list[Any]) -> Node:
         index = context.index  # context.next_line(), inlined: this runs per instruction
