@@ -349,6 +349,7 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
         if token[0] == "#":
             continue
         start = i
+        double = escape + escape
         indent = len(first) - len(token)
         # Does the line continue? BuildKit's rule (its regex ``([^E])E[ \t]*$|^E[ \t]*$`` for
         # escape E): the escape character, not itself escaped, followed only by blanks; or
@@ -357,7 +358,7 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
         last = token[-1]
         if last == escape or last == " " or last == "\t":
             stripped = token.rstrip(" \t")
-            if stripped[-1] == escape and stripped[-2:] != escape + escape:
+            if stripped[-1] == escape and stripped[-2:] != double:
                 body = stripped[:-1]
         if body is None:
             joined = token
@@ -373,8 +374,14 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
                     continue
                 if content[0] == "#":
                     continue
+                if line[-1] == escape:  # no trailing blanks: the common case, no copy
+                    if line[-2:] == double:
+                        parts.append(line)
+                        break
+                    parts.append(line[:-1])
+                    continue
                 stripped = line.rstrip(" \t")
-                if stripped[-1] != escape or stripped[-2:] == escape + escape:
+                if stripped[-1] != escape or stripped[-2:] == double:
                     parts.append(line)  # the instruction's last line
                     break
                 parts.append(stripped[:-1])
