@@ -256,18 +256,44 @@ def _destination(dest: str, workdir: str) -> tuple[str, bool]:
     return posixpath.normpath(dest), into_dir
 
 
+# Extended attributes never copied: overlayfs bookkeeping and SELinux labels belong to the
+# host, not to the file (the layer writer leaves them out for the same reason).
+_SKIPPED_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "security.selinux")
+
+
+def _copy_xattrs(src: Path, dst: Path) -> None:
+    """Copy ``src``'s extended attributes to ``dst`` (after chown, which drops capabilities)."""
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(_SKIPPED_XATTR_PREFIXES):
+            continue
+        try:
+            os.setxattr(
+                dst, name, os.getxattr(src, name, follow_symlinks=False), follow_symlinks=False
+            )
+        except OSError:
+            # Not supported by the target file system, or not permitted (user namespace).
+            continue
+
+
 class _Copier:
     def __init__(
         self,
         rootfs: Path,
-        owner: Ownership,
+        owner: Ownership | None,
         chmod: int | None,
         excluded: Excluded | None,
+        *,
+        clear_setid: bool,
     ) -> None:
         self.rootfs = rootfs
-        self.owner = owner
+        self.owner = owner  # None: keep the source's owners (COPY --from)
         self.chmod = chmod
         self.excluded = excluded
+        self.clear_setid = clear_setid
         self.links: dict[tuple[int, int], Path] = {}
 
     def makedirs(self, rel: str, *, owner: Ownership | None = None) -> Path:
@@ -288,11 +314,23 @@ class _Copier:
             os.chown(path, owner.uid, owner.gid)
         return path
 
-    def _apply_meta(self, src_st: os.stat_result, dst: Path, *, is_link: bool) -> None:
-        os.chown(dst, self.owner.uid, self.owner.gid, follow_symlinks=False)
+    def _apply_meta(
+        self, src_st: os.stat_result, dst: Path, *, is_link: bool, src: Path | None = None
+    ) -> None:
+        if self.owner is None:
+            os.chown(dst, src_st.st_uid, src_st.st_gid, follow_symlinks=False)
+        else:
+            os.chown(dst, self.owner.uid, self.owner.gid, follow_symlinks=False)
         if not is_link:
-            mode = stat.S_IMODE(src_st.st_mode) if self.chmod is None else self.chmod
+            if self.chmod is not None:
+                mode = self.chmod
+            else:
+                mode = stat.S_IMODE(src_st.st_mode)
+                if self.clear_setid:
+                    mode &= ~(stat.S_ISUID | stat.S_ISGID)
             os.chmod(dst, mode)
+            if src is not None:
+                _copy_xattrs(src, dst)
         os.utime(dst, ns=(src_st.st_atime_ns, src_st.st_mtime_ns), follow_symlinks=False)
 
     def _remove_existing(self, dst: Path, *, want_dir: bool) -> None:
@@ -321,7 +359,7 @@ class _Copier:
             os.mkfifo(dst)
         else:  # sockets and device nodes are not copied, as BuildKit skips them
             return
-        self._apply_meta(st, dst, is_link=False)
+        self._apply_meta(st, dst, is_link=False, src=src)
 
     def copy_tree(self, src_dir: Path, src_rel: str, dst_dir: Path) -> None:
         """Copy the contents of ``src_dir`` into the existing directory ``dst_dir``."""
@@ -337,7 +375,7 @@ class _Copier:
                 if not dst.is_dir():
                     dst.mkdir()
                 self.copy_tree(src, rel, dst)
-                self._apply_meta(st, dst, is_link=False)
+                self._apply_meta(st, dst, is_link=False, src=src)
             else:
                 self.copy_entry(src, dst)
 
@@ -351,12 +389,19 @@ def copy_sources(
     owner: Ownership | None = None,
     chmod: int | None = None,
     excluded: Excluded | None = None,
+    from_context: bool = True,
 ) -> list[str]:
     """Copy ``sources`` to ``dest`` inside ``rootfs`` with the Dockerfile's rules.
 
-    Returns the absolute image paths written at the top level (for history and tests).
+    ``owner`` is ``--chown``. Without it, files from the build context (``from_context``)
+    belong to root and lose their setuid/setgid bits, as with ``docker build``, while files
+    from another stage or image (``COPY --from``) keep their owners and modes. Extended
+    attributes are copied either way. Returns the absolute image paths written at the top
+    level (for history and tests).
     """
-    owner = owner or Ownership()
+    new_dir_owner = owner or Ownership()
+    if owner is None and from_context:
+        owner = Ownership()
     dest_path, into_dir = _destination(dest, workdir)
     if len(sources) > 1 and not into_dir:
         existing = scoped_resolve(rootfs, dest_path)
@@ -366,23 +411,24 @@ def copy_sources(
                 f"directory and end with a / (got {dest!r})"
             )
         into_dir = True
-    copier = _Copier(rootfs, owner, chmod, excluded)
+    copier = _Copier(rootfs, owner, chmod, excluded, clear_setid=from_context)
     written: list[str] = []
     for source in sources:
         target = scoped_resolve(rootfs, dest_path)
         dest_is_dir = into_dir or target.is_dir()
         if source.is_dir:
-            # A directory's contents go into the destination directory.
+            # A directory's contents go into the destination directory; a destination that
+            # does not exist yet is made afresh (0755, now), not copied from the source
+            # directory (moby/buildkit#1941), though --chmod applies to it (buildkit#4945).
             created = not target.is_dir()
-            target = copier.makedirs(dest_path, owner=owner)
+            target = copier.makedirs(dest_path, owner=new_dir_owner)
             copier.copy_tree(source.path, source.rel, target)
-            if created:
-                st = os.lstat(source.path)
-                copier._apply_meta(st, target, is_link=False)
+            if created and chmod is not None:
+                os.chmod(target, chmod)
             written.append(dest_path)
             continue
         if dest_is_dir:
-            copier.makedirs(dest_path, owner=owner if not target.is_dir() else None)
+            copier.makedirs(dest_path, owner=new_dir_owner if not target.is_dir() else None)
             name = posixpath.basename(source.rel) or source.path.name
             image_path = posixpath.join(dest_path, name)
         else:

@@ -134,3 +134,81 @@ def test_walk_source_lists_what_a_copy_reads(tmp_path: Path) -> None:
         "dir/link",
         "dir/x",
     ]
+
+
+def _stat(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+
+
+@pytest.mark.parametrize(
+    ("from_context", "owner", "expected_file", "expected_dir"),
+    [
+        # Build context: root-owned, setuid/setgid cleared (docker build), sticky kept.
+        (True, None, (0o755, 0, 0), (0o1755, 0, 0)),
+        # COPY --from another stage: owners and all mode bits kept.
+        (False, None, (0o4755, 1000, 10), (0o3755, 1000, 10)),
+        # --chown wins either way; the mode is still the source's (setid cleared for context).
+        (True, Ownership(7, 8), (0o755, 7, 8), (0o1755, 7, 8)),
+        (False, Ownership(7, 8), (0o4755, 7, 8), (0o3755, 7, 8)),
+    ],
+)
+def test_owners_and_setid_bits_by_source_kind(
+    tmp_path: Path,
+    from_context: bool,
+    owner: Ownership | None,
+    expected_file: tuple[int, int, int],
+    expected_dir: tuple[int, int, int],
+) -> None:
+    src = tmp_path / "src"
+    (src / "tree" / "sub").mkdir(parents=True)
+    tool = src / "tree" / "tool"
+    tool.write_text("x")
+    # setuid file; setgid + sticky directory (chmod after chown, which clears setid bits)
+    for path, mode in ((tool, 0o4755), (src / "tree" / "sub", 0o3755)):
+        os.chown(path, 1000, 10)
+        os.chmod(path, mode)
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    sources = resolve_sources(src, ["tree"])
+    copy_sources(sources, rootfs, "/out", owner=owner, from_context=from_context)
+    assert _stat(rootfs / "out" / "tool") == expected_file
+    assert _stat(rootfs / "out" / "sub") == expected_dir
+    # The destination directory itself is made afresh: 0755, --chown's owner or root.
+    new_owner = owner or Ownership()
+    assert _stat(rootfs / "out") == (0o755, new_owner.uid, new_owner.gid)
+
+
+def test_new_destination_directory_is_not_the_source_directory(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "dir").mkdir(parents=True)
+    (src / "dir" / "f").write_text("f")
+    os.chmod(src / "dir", 0o700)
+    os.utime(src / "dir", (1_000_000_000, 1_000_000_000))
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    copy_sources(resolve_sources(src, ["dir"]), rootfs, "/d")
+    assert _stat(rootfs / "d") == (0o755, 0, 0)
+    assert os.lstat(rootfs / "d").st_mtime > 1_000_000_000
+    copy_sources(resolve_sources(src, ["dir"]), rootfs, "/c", chmod=0o750)
+    assert _stat(rootfs / "c")[0] == 0o750  # --chmod applies to it (moby/buildkit#4945)
+
+
+def test_extended_attributes_are_copied(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    plain, tool = src / "plain", src / "tool"
+    plain.write_text("p")
+    tool.write_text("t")
+    try:
+        os.setxattr(plain, "user.origin", b"context")
+    except OSError as e:
+        pytest.skip(f"user xattrs not supported on {tmp_path}: {e}")
+    capability = bytes.fromhex("0100000200200000000000000000000000000000")
+    os.setxattr(tool, "security.capability", capability)
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    copy_sources(resolve_sources(src, ["plain", "tool"]), rootfs, "/x/", owner=Ownership(5, 5))
+    assert os.getxattr(rootfs / "x" / "plain", "user.origin") == b"context"
+    # set after chown (which drops file capabilities)
+    assert os.getxattr(rootfs / "x" / "tool", "security.capability") == capability
