@@ -35,7 +35,7 @@ _SCHEMA = (
 )
 
 # Bump when the meaning of a key changes, so old cache records stop matching.
-KEY_VERSION = 1
+KEY_VERSION = 2
 
 
 @dataclass(frozen=True)

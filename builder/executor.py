@@ -90,6 +90,7 @@ class StageState:
     layers: list[LayerRef]
     key: CacheKey | None
     args: dict[str, str] = field(default_factory=dict)  # ARGs in scope that have a value
+    cmd_set: bool = False  # a CMD came in this stage (ENTRYPOINT then keeps it)
 
 
 @dataclass(frozen=True)
@@ -504,7 +505,11 @@ class Executor:
             return self._arg(instruction, state, event), None
         if isinstance(instruction, METADATA):
             expand = self._expander(state)
-            config, text = ic.apply_metadata(state.config, instruction, expand)
+            config, text = ic.apply_metadata(
+                state.config, instruction, expand, cmd_set_in_stage=state.cmd_set
+            )
+            if isinstance(instruction, ins.Cmd):
+                state.cmd_set = True
             key = step_key(state.key, instruction=text)
             if self._lookup(key, state, event):
                 return True, None
@@ -606,6 +611,18 @@ class Executor:
 
         uid, gid, _ = resolve_user(root, spec)
         return Ownership(uid, gid)
+
+    def _chown_owner(self, root: Path, spec: str) -> Ownership:
+        """``--chown``: names are looked up in the image's passwd and group files.
+
+        A numeric UID without a GID uses the UID as the GID, as the Dockerfile reference
+        (COPY --chown) says and Buildah does, even when passwd gives that UID another
+        primary group; a user *name* without a group gets its primary group.
+        """
+        owner = self._owner(root, spec)
+        if ":" not in spec and spec.strip().isdigit():
+            return Ownership(owner.uid, owner.uid)
+        return owner
 
     def _in_rootfs(
         self,
@@ -994,7 +1011,7 @@ class Executor:
                 os.chmod(heredoc_dir / name, 0o644)
 
             def do_copy(root: Path, views: list[Path]) -> None:
-                owner = self._owner(root, chown) if chown else Ownership()
+                owner = self._chown_owner(root, chown) if chown else None
                 selected: list[Source] = []
                 archives: list[Path] = []
                 excluded = base_excluded
@@ -1038,6 +1055,7 @@ class Executor:
                         owner=owner,
                         chmod=chmod,
                         excluded=excluded,
+                        from_context=from_ref is None,
                     )
                 for archive in archives:
                     target_rel = _absolute(dest, workdir)
@@ -1209,5 +1227,12 @@ def _extract_archive(path: Path, target: Path) -> None:
             data = io.BufferedReader(stream) if not hasattr(stream, "peek") else stream
             with tarfile.open(fileobj=data, mode="r|") as tar:
                 tar.extractall(target, filter="tar")
+                # tarfile leaves symlinks with the extraction time; an archive's symlinks
+                # keep their own mtime, as with docker build (every member passed the filter,
+                # so its path is inside the target).
+                for member in tar.getmembers():
+                    if member.issym():
+                        link = target / member.name.lstrip("/")
+                        os.utime(link, (member.mtime, member.mtime), follow_symlinks=False)
     except (tarfile.TarError, OSError, EOFError) as e:
         raise ContextError(f"ADD: cannot extract {path.name}: {e}") from None

@@ -114,9 +114,16 @@ def _port(text: str) -> str:
 
 
 def apply_metadata(
-    config: ImageConfig, instruction: ins.Instruction, expand: Expander
+    config: ImageConfig,
+    instruction: ins.Instruction,
+    expand: Expander,
+    *,
+    cmd_set_in_stage: bool = False,
 ) -> tuple[ImageConfig, str]:
     """Apply one metadata instruction; returns the new config and the history text.
+
+    ``cmd_set_in_stage`` says whether a CMD came earlier in this stage: ENTRYPOINT resets
+    only a CMD inherited from the base image.
 
     Handles ENV, LABEL, EXPOSE, VOLUME, USER, CMD, ENTRYPOINT, HEALTHCHECK, SHELL,
     STOPSIGNAL, ONBUILD and MAINTAINER (WORKDIR, ARG, RUN, COPY, ADD live in the executor).
@@ -163,8 +170,10 @@ def apply_metadata(
         if not instruction.json_form and not instruction.command:
             argv = []
         text = "ENTRYPOINT " + go_quote_list(argv)
-        # ENTRYPOINT resets a CMD inherited from the base image (Docker and BuildKit).
-        return config.evolve(config=cc.evolve(entrypoint=tuple(argv), cmd=None)), text
+        # ENTRYPOINT resets a CMD inherited from the base image, not one this stage set
+        # (Dockerfile reference, "Understand how CMD and ENTRYPOINT interact").
+        cmd = cc.cmd if cmd_set_in_stage else None
+        return config.evolve(config=cc.evolve(entrypoint=tuple(argv), cmd=cmd)), text
     if isinstance(instruction, ins.Healthcheck):
         hc = _healthcheck(instruction)
         return config.evolve(config=cc.evolve(healthcheck=hc)), "HEALTHCHECK " + _hc_text(hc)
