@@ -265,11 +265,21 @@ _ARG_SHAPES: dict[str | None, _ArgShape] = {
     # WORD+, SHELL_WORD*, LEGACY_KEY TEXT, FROM's WORD [AS WORD]: each word without its blanks
     "WORD": _word_args,
     "LEGACY_KEY": _word_args,
-    "__volume_plus_5": _word_args,
-    "__arg_star_7": _word_args,
-    "__env_plus_6": _pair_args,
+    # Lark's helpers for `WORD+`, `SHELL_WORD*`, `PAIR+`, named after the rule they first
+    # appear in; their numbers are dropped (see _shape) so a grammar edit cannot break them
+    "__volume_plus": _word_args,
+    "__arg_star": _word_args,
+    "__env_plus": _pair_args,
 }
 _HEREDOC_RULES = frozenset({"run", "copy", "add"})
+_HELPER_NUMBER = re.compile(r"(?<=^__)(.*)_\d+$")
+
+
+def _shape(symbols: tuple[str, ...], index: int) -> _ArgShape:
+    """How the argument starting at ``symbols[index]`` becomes (args, json_form)."""
+    if index >= len(symbols):
+        return _no_args
+    return _ARG_SHAPES[_HELPER_NUMBER.sub(r"\1", symbols[index])]
 
 
 def _all_nodes(context: _NodeContext, children: list[Any]) -> list[Node]:
@@ -338,7 +348,7 @@ def _instruction_semantics(rule: str, symbols: tuple[str, ...]) -> Action:
         return onbuild
     if rule == "healthcheck":
         has_kind = len(symbols) > first
-        shape = _ARG_SHAPES[symbols[first + 1] if len(symbols) > first + 1 else None]
+        shape = _shape(symbols, first + 1)
 
         def healthcheck(context: _NodeContext, children: list[Any]) -> Node:
             line = context.next_line()
@@ -351,7 +361,7 @@ def _instruction_semantics(rule: str, symbols: tuple[str, ...]) -> Action:
             return Node("HEALTHCHECK", line.span, flags, args, json_form, (), None, line.text)
 
         return healthcheck
-    shape = _ARG_SHAPES[symbols[first] if len(symbols) > first else None]
+    shape = _shape(symbols, first)
     takes_heredocs = rule in _HEREDOC_RULES and len(symbols) > first
     if shape is _text_args and keyword is not None:
         # the commonest shape (RUN/CMD/WORKDIR/USER text), with _text_args written in
