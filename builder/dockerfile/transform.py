@@ -456,14 +456,16 @@ class FlagValues:
     """Parsed ``--name=value`` flags of one instruction, validated against its flag set."""
 
     def __init__(self, node: Node, allowed: dict[str, str]) -> None:
-        self.values: dict[str, str | bool | list[str]] = {}
-        if not node.flags:
-            return
+        values: dict[str, str | bool | list[str]] = {}
+        self.values = values
         for flag in node.flags:
-            if not flag.startswith("--"):
+            if flag[:2] != "--":
                 raise _err(InvalidFlagError, node, f"arg should start with -- : {flag}")
             name, eq, value = flag[2:].partition("=")
             kind = allowed.get(name)
+            if kind == "s" and eq and name not in values:  # the common case, checks below
+                values[name] = value
+                continue
             if kind is None:
                 hint = suggest(name, allowed)
                 message = f"unknown flag: {name}"
