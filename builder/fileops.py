@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import ContextError
+from builder.sandbox.rootpath import resolve_in_root
 
 Excluded = Callable[[str], bool]
-_MAX_SYMLINKS = 255
 
 
 class PatternError(ContextError):
@@ -130,30 +130,14 @@ def scoped_resolve(root: Path, rel: str, *, follow_final: bool = True) -> Path:
     """Resolve ``rel`` inside ``root`` like ``chroot(root); realpath(rel)``.
 
     Symlinks are followed, but absolute targets are re-rooted at ``root`` and ``..`` never
-    climbs above it, so the result is always inside ``root``. The final component is
-    followed only with ``follow_final``. Missing components are appended as they are.
+    climbs above it, so the result is always inside ``root`` (the sandbox's secure join,
+    :func:`builder.sandbox.rootpath.resolve_in_root`). The final component is followed only
+    with ``follow_final``. Missing components are appended as they are.
     """
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        candidate = root.joinpath(*resolved, part)
-        if (parts or follow_final) and candidate.is_symlink():
-            links += 1
-            if links > _MAX_SYMLINKS:
-                raise ContextError(f"too many levels of symbolic links resolving {rel!r}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    return root.joinpath(*resolved)
+    try:
+        return Path(resolve_in_root(os.fspath(root), rel, follow_final=follow_final))
+    except OSError as e:
+        raise ContextError(f"cannot resolve {rel!r}: {e.strerror or e}") from None
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,12 @@ import stat
 _MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS
 
 
-def resolve_in_root(root: str, path: str) -> str:
+def resolve_in_root(root: str, path: str, *, follow_final: bool = True) -> str:
     """The host path of container path ``path`` under ``root`` (need not exist).
 
-    Raises ``OSError(ELOOP)`` after 40 symlinks, as the kernel would.
+    With ``follow_final=False`` a symlink in the last component is not followed (for
+    replacing the link itself). Raises ``OSError(ELOOP)`` after 40 symlinks, as the kernel
+    would.
     """
     root = os.path.abspath(root)
     pending = [part for part in path.split("/") if part not in ("", ".")]
@@ -34,6 +36,9 @@ def resolve_in_root(root: str, path: str) -> str:
                 resolved.pop()
             continue
         candidate = os.path.join(root, *resolved, part)
+        if not pending and not follow_final:
+            resolved.append(part)
+            continue
         try:
             mode = os.lstat(candidate).st_mode
         except FileNotFoundError:
