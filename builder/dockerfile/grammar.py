@@ -198,7 +198,9 @@ class _LazyScanners(dict[int, Any]):
 _KEEP = 0  # every child as is
 _GROW = 1  # (2, 1[, 0]) without an action: the inlined list in the first child grows by one
 _PASS = 2  # (2,): the one child is an inlined rule's list, which becomes the children
-_SPLICE = 3  # anything else: FastParser._splice
+_FIRST = 3  # (1, 0…): the first child alone (a rule and its _NL)
+_FIRST_TAIL = 4  # (1, 0…, 2): the first child, then an inlined list (stage: from_ _NL lines)
+_SPLICE = 5  # anything else: FastParser._splice
 _NEVER = re.compile("(?!)").match  # the scanner of a state that accepts no terminal
 
 
@@ -266,6 +268,10 @@ class FastParser:
                         how = _PASS
                     elif action is None and plan[0] == 2 and plan[1] == 1 and not any(plan[2:]):
                         how = _GROW
+                    elif plan[0] == 1 and not any(plan[1:]):
+                        how = _FIRST
+                    elif plan[0] == 1 and plan[-1] == 2 and not any(plan[1:-1]):
+                        how = _FIRST_TAIL
                     else:
                         how = _SPLICE
                     reductions[act] = (action, size, how, plan, name)
@@ -331,17 +337,26 @@ class FastParser:
                     del values[1 - size :]
                     del state_stack[-size:]
                 else:
-                    if how == _PASS:
+                    if how == _KEEP:
+                        if size:
+                            children = values[-size:]
+                            del values[-size:]
+                            del state_stack[-size:]
+                        else:
+                            children = []
+                    elif how == _PASS:
                         children = values.pop()
                         state_stack.pop()
-                    elif size:
-                        children = values[-size:]
+                    else:
+                        if how == _FIRST:
+                            children = [values[-size]]
+                        elif how == _FIRST_TAIL:
+                            children = [values[-size]]
+                            children += values[-1]
+                        else:
+                            children = splice(values[-size:], plan)
                         del values[-size:]
                         del state_stack[-size:]
-                        if how == _SPLICE:
-                            children = splice(children, plan)
-                    else:
-                        children = []
                     push_value(children if action is None else action(context, children))
                 state = actions[state_stack[-1]][name]  # a goto: always an int
                 push_state(state)
