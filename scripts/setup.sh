@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-SYSTEM_PACKAGES=(docker-registry skopeo umoci podman buildah runc busybox-static apache2-utils git iproute2)
+SYSTEM_PACKAGES=(docker-registry skopeo umoci podman buildah runc busybox-static apache2-utils git iproute2 zstd)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
