@@ -54,6 +54,20 @@ main(sys.argv)
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 
 
+def helper_command(spec_path: Path, status_fd: int) -> list[str]:
+    """The command line of the stdlib-only helper (isolated mode, no site packages)."""
+    return [
+        sys.executable,
+        "-I",
+        "-S",
+        "-c",
+        BOOTSTRAP,
+        PACKAGE_ROOT,
+        str(spec_path),
+        str(status_fd),
+    ]
+
+
 @dataclass(frozen=True)
 class BindMount:
     """A host path bind-mounted into the step (``RUN --mount=type=bind|cache|secret``)."""
@@ -425,16 +439,7 @@ def _run_helper(
     status_r, status_w = os.pipe()
     try:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-I",
-                "-S",
-                "-c",
-                BOOTSTRAP,
-                PACKAGE_ROOT,
-                str(spec_path),
-                str(status_w),
-            ],
+            helper_command(spec_path, status_w),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

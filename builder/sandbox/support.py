@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from functools import cache
 from pathlib import Path
 
 from builder.errors import SandboxUnavailable
-from builder.sandbox.runner import BOOTSTRAP, PACKAGE_ROOT
+from builder.sandbox.runner import helper_command
 
 _HOW_TO_ENABLE = {
     "user": (
@@ -59,16 +58,7 @@ def _probe() -> tuple[str | None, str]:
         status_r, status_w = os.pipe()
         try:
             completed = subprocess.run(
-                [
-                    sys.executable,
-                    "-I",
-                    "-S",
-                    "-c",
-                    BOOTSTRAP,
-                    PACKAGE_ROOT,
-                    str(spec_path),
-                    str(status_w),
-                ],
+                helper_command(spec_path, status_w),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
