@@ -140,6 +140,8 @@ class Tables:
     actions: dict[int, dict[str, Any]]
     terminals: dict[int, tuple[str, ...]]
     patterns: dict[str, str]
+    # states where a newline can only be the _NL token (see _may_start_with_newline)
+    newline_states: frozenset[int] = frozenset()
 
     @classmethod
     def from_lark(cls, lark: Lark, start: str) -> Tables:
@@ -181,7 +183,95 @@ class Tables:
                 row[symbol] = rules[arg]
             actions[state] = row
         patterns = {name: t.pattern.to_regexp() for name, t in defs.items()}
-        return cls(table.start_states[start], table.end_states[start], actions, terminals, patterns)
+        may_start = {name: _may_start_with_newline(p) for name, p in patterns.items()}
+        newline_states = frozenset(
+            state
+            for state, names in terminals.items()
+            if "_NL" in names and not any(may_start[n] for n in names if n != "_NL")
+        )
+        return cls(
+            table.start_states[start],
+            table.end_states[start],
+            actions,
+            terminals,
+            patterns,
+            newline_states,
+        )
+
+
+def _may_start_with_newline(pattern: str) -> bool:
+    """Whether the regex might match text that starts with a newline (False only if proven).
+
+    A state whose other terminals cannot start with a newline scans a newline as _NL without
+    running its alternation: no other alternative could have matched there. The proof walks
+    the parsed regex's leading elements; anything it does not know counts as "might".
+    """
+    import re._constants as c  # type: ignore[import-not-found]
+    import re._parser as sre  # type: ignore[import-not-found]
+
+    categories = {
+        "CATEGORY_SPACE": r"\s",
+        "CATEGORY_NOT_SPACE": r"\S",
+        "CATEGORY_DIGIT": r"\d",
+        "CATEGORY_NOT_DIGIT": r"\D",
+        "CATEGORY_WORD": r"\w",
+        "CATEGORY_NOT_WORD": r"\W",
+    }
+
+    def char_in(items: list[Any]) -> bool:
+        negate = False
+        found = False
+        for op, arg in items:
+            if op is c.NEGATE:
+                negate = True
+            elif op is c.LITERAL:
+                found = found or arg == 10
+            elif op is c.RANGE:
+                found = found or arg[0] <= 10 <= arg[1]
+            elif op is c.CATEGORY:
+                regex = categories.get(str(arg))
+                if regex is None:
+                    return True
+                found = found or re.match(regex, "\n") is not None
+            else:
+                return True
+        return found != negate
+
+    def starts(seq: Any) -> tuple[bool, bool]:
+        """(might start with a newline, might match the empty string) for a sequence."""
+        for op, arg in seq:
+            if op is c.LITERAL:
+                possible, nullable = arg == 10, False
+            elif op is c.NOT_LITERAL:
+                possible, nullable = arg != 10, False
+            elif op is c.IN:
+                possible, nullable = char_in(arg), False
+            elif op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+                possible, nullable = starts(arg[2])
+                nullable = nullable or arg[0] == 0
+            elif op is c.SUBPATTERN:
+                possible, nullable = starts(arg[3])
+            elif op is c.ATOMIC_GROUP:
+                possible, nullable = starts(arg)
+            elif op is c.BRANCH:
+                results = [starts(branch) for branch in arg[1]]
+                possible = any(r[0] for r in results)
+                nullable = any(r[1] for r in results)
+            elif op in (c.ASSERT, c.ASSERT_NOT, c.AT):
+                continue  # zero-width: the next element decides
+            else:
+                return True, True
+            if possible:
+                return True, True
+            if not nullable:
+                return False, False
+        return False, True
+
+    try:
+        possible, nullable = starts(sre.parse(pattern))
+    except Exception:  # an unknown regex shape: assume the worst
+        return True
+    return possible or nullable
 
 
 class _LazyScanners(dict[int, Any]):
@@ -234,6 +324,7 @@ class FastParser:
         self.accepts = {state: frozenset(names) for state, names in tables.terminals.items()}
         self._patterns = tables.patterns
         self._terminals = tables.terminals
+        self.newline_states = tables.newline_states
         # compiled on first use: a short Dockerfile visits few parser states, and compiling
         # every state's alternation up front would cost a CLI run ~20 ms
         self.scanners: dict[int, Any] = _LazyScanners(self)
@@ -293,6 +384,7 @@ class FastParser:
         """
         actions = self.bind(semantics)
         scanners = self.scanners
+        newline_states = self.newline_states
         splice = self._splice
         state_stack = [self.start_state]
         values: list[Any] = []
@@ -307,12 +399,17 @@ class FastParser:
         # Every token but the end: the start rule is reduced only on "$END", so the loop
         # cannot finish here and needs no accept test per reduction.
         while pos < n:
-            match = scanners[state](text, pos)
-            if match is None:
-                raise self._unexpected_text(text, pos, state)
-            kind = match.lastgroup
             start = pos
-            pos = match.end()
+            if text[pos] == "\n" and state in newline_states:
+                # only _NL can match here (Tables.newline_states): no alternation to run
+                kind = "_NL"
+                pos += 1
+            else:
+                match = scanners[state](text, pos)
+                if match is None:
+                    raise self._unexpected_text(text, pos, state)
+                kind = match.lastgroup
+                pos = match.end()
             if not tokens:
                 token = text[start:pos]
             elif kind[0] == "_":
@@ -427,7 +524,7 @@ class FastParser:
         return GrammarError(line, column, seen, self.accepts[state])
 
 
-_TABLES_FORMAT = 2
+_TABLES_FORMAT = 3
 
 
 @functools.cache
