@@ -274,16 +274,6 @@ def _may_start_with_newline(pattern: str) -> bool:
     return possible or nullable
 
 
-class _LazyScanners(dict[int, Any]):
-    def __init__(self, parser: FastParser) -> None:
-        super().__init__()
-        self.parser = parser
-
-    def __missing__(self, state: int) -> Any:
-        scanner = self[state] = self.parser.compile_scanner(state)
-        return scanner
-
-
 # How a reduction gathers its children (see Tables' child plan).
 _KEEP = 0  # every child as is
 _GROW = 1  # (2, 1[, 0]) without an action: the inlined list in the first child grows by one
@@ -327,8 +317,18 @@ class FastParser:
         self.newline_states = tables.newline_states
         # compiled on first use: a short Dockerfile visits few parser states, and compiling
         # every state's alternation up front would cost a CLI run ~20 ms
-        self.scanners: dict[int, Any] = _LazyScanners(self)
-        self._bound: dict[Semantics, dict[int, dict[str, Any]]] = {}
+        # (a list indexed by state, like the bound action tables: the states are numbered from
+        # 0, and a list index is the interpreter's cheapest lookup; each entry starts as a stub
+        # that compiles the state's scanner, puts it in its place and scans)
+        self.scanners: list[Any] = [self._lazy_scanner(state) for state in range(len(self.actions))]
+        self._bound: dict[Semantics, list[dict[str, Any]]] = {}
+
+    def _lazy_scanner(self, state: int) -> Callable[[str, int], Any]:
+        def first_scan(text: str, pos: int) -> Any:
+            scanner = self.scanners[state] = self.compile_scanner(state)
+            return scanner(text, pos)
+
+        return first_scan
 
     def compile_scanner(self, state: int) -> Any:
         names = self._terminals[state]
@@ -337,13 +337,14 @@ class FastParser:
         alternatives = "|".join(f"(?P<{n}>{self._patterns[n]})" for n in names)
         return re.compile(alternatives).match
 
-    def bind(self, semantics: Semantics) -> dict[int, dict[str, Any]]:
-        """The action table with each reduction's action chosen by ``semantics`` (cached)."""
-        bound = self._bound.get(semantics)
-        if bound is not None:
-            return bound
+    def bind(self, semantics: Semantics) -> list[dict[str, Any]]:
+        """The action table with each reduction's action chosen by ``semantics`` (cached),
+        indexed by state."""
+        cached = self._bound.get(semantics)
+        if cached is not None:
+            return cached
         reductions: dict[Any, tuple[Any, ...]] = {}
-        bound = {}
+        bound: dict[int, dict[str, Any]] = {}
         for state, row in self.actions.items():
             out: dict[str, Any] = {}
             for symbol, act in row.items():
@@ -368,8 +369,9 @@ class FastParser:
                     reductions[act] = (action, size, how, plan, name)
                 out[symbol] = reductions[act]
             bound[state] = out
-        self._bound[semantics] = bound
-        return bound
+        table = [bound[state] for state in range(len(bound))]
+        self._bound[semantics] = table
+        return table
 
     def parse(self, text: str) -> Branch:
         """Lark's tree for ``text`` (Tok leaves with types and lines, Branch per rule)."""
