@@ -320,8 +320,52 @@ class _DirectiveBlock:
         return "\\"
 
 
+class SplitLines:
+    """The pre-pass result as parallel lists (the n-th text, span, indent and heredocs are one
+    logical line): what ``parse()`` consumes, without a LogicalLine object per instruction.
+    :func:`split_source` wraps it as a :class:`Source`."""
+
+    __slots__ = (
+        "directives",
+        "escape",
+        "filename",
+        "heredocs",
+        "indents",
+        "spans",
+        "texts",
+        "warnings",
+    )
+
+    def __init__(
+        self,
+        filename: str,
+        escape: str,
+        directives: tuple[Directive, ...],
+        texts: list[str],
+        spans: list[Span],
+        indents: list[int],
+        heredocs: list[tuple[Heredoc, ...]],
+        warnings: tuple[Warning, ...],
+    ) -> None:
+        self.filename = filename
+        self.escape = escape
+        self.directives = directives
+        self.texts = texts
+        self.spans = spans
+        self.indents = indents
+        self.heredocs = heredocs
+        self.warnings = warnings
+
+
 def split_source(text: str, filename: str = "Dockerfile") -> Source:
     """Split a Dockerfile into directives and logical lines (see the module docstring)."""
+    split = split_lines(text, filename)
+    lines = tuple(map(LogicalLine, split.texts, split.spans, split.indents, split.heredocs))
+    return Source(split.filename, split.escape, split.directives, lines, split.warnings)
+
+
+def split_lines(text: str, filename: str = "Dockerfile") -> SplitLines:
+    """:func:`split_source` as parallel lists (see :class:`SplitLines`)."""
     if text.startswith(BOM):
         text = text[1:]
     physical = text.split("\n")
@@ -331,7 +375,11 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
     lines = [p.rstrip("\r") for p in physical] if "\r" in text else physical
     block = _DirectiveBlock(filename)
     escape = "\\"
-    logical: list[LogicalLine] = []
+    texts: list[str] = []
+    spans: list[Span] = []
+    indents: list[int] = []
+    all_heredocs: list[tuple[Heredoc, ...]] = []
+    no_heredocs: tuple[Heredoc, ...] = ()
     warnings: list[Warning] = []
     n = len(lines)
     i = 0
@@ -395,7 +443,7 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
                         "NoEmptyContinuation",
                     )
                 )
-        heredocs: tuple[Heredoc, ...] = ()
+        heredocs = no_heredocs
         if "<<" in joined:
             try:
                 markers = _heredoc_markers(joined)
@@ -426,7 +474,12 @@ def split_source(text: str, filename: str = "Dockerfile") -> Source:
                     )
                 )
             heredocs = tuple(bodies)
-        logical.append(LogicalLine(joined.rstrip(), Span(filename, start, i), indent, heredocs))
-    if not logical:
+        texts.append(joined.rstrip())
+        spans.append(Span(filename, start, i))
+        indents.append(indent)
+        all_heredocs.append(heredocs)
+    if not texts:
         raise DockerfileSyntaxError("file with no instructions", filename=filename, line=max(n, 1))
-    return Source(filename, escape, tuple(block.found), tuple(logical), tuple(warnings))
+    return SplitLines(
+        filename, escape, tuple(block.found), texts, spans, indents, all_heredocs, tuple(warnings)
+    )

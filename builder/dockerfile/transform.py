@@ -20,7 +20,7 @@ from builder.dockerfile import instructions as ins
 from builder.dockerfile import lint
 from builder.dockerfile.grammar import Action, GrammarError, parse_with
 from builder.dockerfile.instructions import MountSpec, Node
-from builder.dockerfile.source import LogicalLine, Source, Span, Warning, split_source
+from builder.dockerfile.source import Span, SplitLines, Warning, split_lines
 from builder.errors import (
     DockerfileError,
     DockerfileSyntaxError,
@@ -151,22 +151,26 @@ def unquote_flag(raw: str) -> str:
 
 
 class _NodeContext:
-    """One parse's state for the semantic actions: the logical lines (the n-th instruction
-    the grammar completes is on the n-th line), and the JSON-like checks to make once the
-    whole file has parsed (a grammar error anywhere is reported first, as before)."""
+    """One parse's state for the semantic actions: the logical lines' texts, spans and
+    heredocs (the n-th instruction the grammar completes is on the n-th line), and the
+    JSON-like checks to make once the whole file has parsed (a grammar error anywhere is
+    reported first, as before)."""
 
-    __slots__ = ("deferred", "index", "lines", "warnings")
+    __slots__ = ("deferred", "heredocs", "index", "spans", "texts", "warnings")
 
-    def __init__(self, lines: tuple[LogicalLine, ...]) -> None:
-        self.lines = lines
+    def __init__(self, lines: SplitLines) -> None:
+        self.texts = lines.texts
+        self.spans = lines.spans
+        self.heredocs = lines.heredocs
         self.index = 0
         self.deferred: list[tuple[str, str, Span]] = []
         self.warnings: list[Warning] = []
 
-    def next_line(self) -> LogicalLine:
-        line = self.lines[self.index]
-        self.index += 1
-        return line
+    def next_line(self) -> int:
+        """The index of the next logical line, which the instruction being built takes."""
+        index = self.index
+        self.index = index + 1
+        return index
 
     def check_json_like(self, keyword: str, value: str, span: Span) -> None:
         """BuildKit's JSON-or-shell rule: a JSON array of non-strings is an error; text that
@@ -196,57 +200,57 @@ class _NodeContext:
 
 # The grammar's argument shapes (the symbol after an instruction's keyword and flags) and
 # how each becomes (args, json_form). Each takes the children from the argument on.
-_ArgShape = Callable[[_NodeContext, list[Any], str, LogicalLine], tuple[tuple[str, ...], bool]]
+_ArgShape = Callable[[_NodeContext, list[Any], str, Span], tuple[tuple[str, ...], bool]]
 
 
 def _no_args(
-    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+    context: _NodeContext, rest: list[Any], keyword: str, span: Span
 ) -> tuple[tuple[str, ...], bool]:
     return (), False
 
 
 def _json_args(
-    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+    context: _NodeContext, rest: list[Any], keyword: str, span: Span
 ) -> tuple[tuple[str, ...], bool]:
     value, _ = _JSON.raw_decode(rest[0].lstrip())
     return tuple(value), True
 
 
 def _text_args(
-    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+    context: _NodeContext, rest: list[Any], keyword: str, span: Span
 ) -> tuple[tuple[str, ...], bool]:
     value = rest[0].strip()
     if value[0] == "[" and keyword in _MAYBE_JSON:
-        context.deferred.append((keyword, value, line.span))
+        context.deferred.append((keyword, value, span))
     return (value,), False
 
 
 def _heredoc_command_args(
-    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+    context: _NodeContext, rest: list[Any], keyword: str, span: Span
 ) -> tuple[tuple[str, ...], bool]:
     return (rest[0],), False  # heredoc_command's action joined its words
 
 
 def _copy_words_args(
-    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+    context: _NodeContext, rest: list[Any], keyword: str, span: Span
 ) -> tuple[tuple[str, ...], bool]:
     words: tuple[str, ...] = rest[0]  # copy_words' action stripped them
     if words[0].startswith("["):
-        context.deferred.append((keyword, " ".join(words), line.span))
+        context.deferred.append((keyword, " ".join(words), span))
     return words, False
 
 
 def _word_args(
-    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+    context: _NodeContext, rest: list[Any], keyword: str, span: Span
 ) -> tuple[tuple[str, ...], bool]:
     words = tuple([t.lstrip() for t in rest])
     if keyword == "VOLUME" and words[0].startswith("["):
-        context.deferred.append((keyword, " ".join(words), line.span))
+        context.deferred.append((keyword, " ".join(words), span))
     return words, False
 
 
 def _pair_args(
-    context: _NodeContext, rest: list[Any], keyword: str, line: LogicalLine
+    context: _NodeContext, rest: list[Any], keyword: str, span: Span
 ) -> tuple[tuple[str, ...], bool]:
     out: list[str] = []
     for token in rest:
@@ -340,10 +344,12 @@ def _instruction_semantics(rule: str, symbols: tuple[str, ...]) -> Action:
             flags: tuple[str, ...] = children[1] if flagged else ()
             if has_trigger:
                 trigger: Node = children[first]
-                line = context.lines[context.index - 1]  # the trigger took the line
-                return Node("ONBUILD", line.span, flags, (), False, (), trigger, line.text)
-            line = context.next_line()
-            return Node("ONBUILD", line.span, flags, (), False, (), None, line.text)
+                index = context.index - 1  # the trigger took the line
+                span, text = context.spans[index], context.texts[index]
+                return Node("ONBUILD", span, flags, (), False, (), trigger, text)
+            index = context.next_line()
+            span, text = context.spans[index], context.texts[index]
+            return Node("ONBUILD", span, flags, (), False, (), None, text)
 
         return onbuild
     if rule == "healthcheck":
@@ -351,14 +357,16 @@ def _instruction_semantics(rule: str, symbols: tuple[str, ...]) -> Action:
         shape = _shape(symbols, first + 1)
 
         def healthcheck(context: _NodeContext, children: list[Any]) -> Node:
-            line = context.next_line()
+            index = context.next_line()
+            span = context.spans[index]
             flags: tuple[str, ...] = children[1] if flagged else ()
             args: tuple[str, ...] = ()
             json_form = False
             if has_kind:
-                args, json_form = shape(context, children[first + 1 :], "HEALTHCHECK", line)
+                args, json_form = shape(context, children[first + 1 :], "HEALTHCHECK", span)
                 args = (children[first].lstrip(), *args)
-            return Node("HEALTHCHECK", line.span, flags, args, json_form, (), None, line.text)
+            text = context.texts[index]
+            return Node("HEALTHCHECK", span, flags, args, json_form, (), None, text)
 
         return healthcheck
     shape = _shape(symbols, first)
@@ -369,27 +377,28 @@ def _instruction_semantics(rule: str, symbols: tuple[str, ...]) -> Action:
 
         def text_instruction(context: _NodeContext, children: list[Any]) -> Node:
             index = context.index
-            line = context.lines[index]
             context.index = index + 1
+            span = context.spans[index]
             value = children[first].strip()
             if maybe_json and value[0] == "[":
-                context.deferred.append((keyword, value, line.span))
+                context.deferred.append((keyword, value, span))
             flags: tuple[str, ...] = children[1] if flagged else ()
-            heredocs = line.heredocs if takes_heredocs else ()
-            return Node(keyword, line.span, flags, (value,), False, heredocs, None, line.text)
+            heredocs = context.heredocs[index] if takes_heredocs else ()
+            text = context.texts[index]
+            return Node(keyword, span, flags, (value,), False, heredocs, None, text)
 
         return text_instruction
 
     def instruction(context: _NodeContext, children: list[Any]) -> Node:
         index = context.index  # context.next_line(), inlined: this runs per instruction
-        line = context.lines[index]
         context.index = index + 1
+        span = context.spans[index]
         word = keyword or children[0].lstrip().upper()
         flags: tuple[str, ...] = children[1] if flagged else ()
-        args, json_form = shape(context, children[first:], word, line)
-        heredocs = line.heredocs if takes_heredocs and not json_form else ()
+        args, json_form = shape(context, children[first:], word, span)
+        heredocs = context.heredocs[index] if takes_heredocs and not json_form else ()
         # positional: this runs once per instruction and keyword arguments cost
-        return Node(word, line.span, flags, args, json_form, heredocs, None, line.text)
+        return Node(word, span, flags, args, json_form, heredocs, None, context.texts[index])
 
     return instruction
 
@@ -412,25 +421,25 @@ def _syntax_message(line_text: str, error: GrammarError) -> str:
     return f"{keyword or 'instruction'}: unexpected {seen!r}"
 
 
-def syntax_pass(source: Source) -> tuple[list[Node], list[Warning]]:
+def syntax_pass(source: SplitLines) -> tuple[list[Node], list[Warning]]:
     """Parse the pre-processed source with the grammar and build its nodes."""
     parts = _directive_lines(source)
-    parts += [line.text for line in source.lines]
+    parts += source.texts
     text = "\n".join(parts) + "\n"
-    context = _NodeContext(source.lines)
+    context = _NodeContext(source)
     try:
         nodes: list[Node] = parse_with(text, source.escape, node_semantics, context)
     except GrammarError as e:
         index = e.line - len(source.directives) - 1
-        if 0 <= index < len(source.lines):
-            line = source.lines[index]
+        if 0 <= index < len(source.texts):
+            span = source.spans[index]
             column = None
-            if line.span.line == line.span.end_line and e.column:
-                column = e.column + line.indent
+            if span.line == span.end_line and e.column:
+                column = e.column + source.indents[index]
             raise DockerfileSyntaxError(
-                _syntax_message(line.text, e),
+                _syntax_message(source.texts[index], e),
                 filename=source.filename,
-                line=line.span.line,
+                line=span.line,
                 column=column,
             ) from None
         raise DockerfileSyntaxError(
@@ -445,7 +454,7 @@ def syntax_pass(source: Source) -> tuple[list[Node], list[Warning]]:
     return nodes, context.warnings
 
 
-def _directive_lines(source: Source) -> list[str]:
+def _directive_lines(source: SplitLines) -> list[str]:
     return [f"# {d.name}={d.value}" for d in source.directives]
 
 
@@ -1043,7 +1052,7 @@ def typed_pass(
 
 def parse_dockerfile(text: str, filename: str, syntax_only: bool) -> ins.Dockerfile:
     """The three passes (see builder.dockerfile.parse, which is this)."""
-    source = split_source(text, filename)
+    source = split_lines(text, filename)
     nodes, warnings = syntax_pass(source)
     all_warnings = list(source.warnings) + warnings + lint.node_warnings(nodes)
     meta_args: tuple[ins.Arg, ...] = ()
