@@ -416,6 +416,14 @@ def split_lines(text: str, filename: str = "Dockerfile") -> SplitLines:
             while i < n:
                 line = lines[i]
                 i += 1
+                # The common line first: one ending in the escape cannot be blank, and without
+                # a "#" it cannot be a comment, so no stripped copy is needed to know.
+                if line and line[-1] == escape and "#" not in line:
+                    if line[-2:] == double:
+                        parts.append(line)
+                        break
+                    parts.append(line[:-1])
+                    continue
                 content = line.lstrip()
                 if not content:
                     empty_continuation = True
