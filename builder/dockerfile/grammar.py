@@ -466,12 +466,25 @@ class FastParser:
             if type(act) is not tuple:
                 raise self._unexpected_token(text, pos, pos, state)
             action, size, how, plan, name = act
-            children = values[-size:] if size else []
+            # the main loop's ways of gathering children (a file ends with several of these
+            # reductions, so the generic splice would cost every file a few calls)
+            if how == _KEEP:
+                children = values[-size:] if size else []
+            elif how == _GROW:
+                children = values[-size]
+                children.append(values[1 - size])
+            elif how == _PASS:
+                children = values[-1]
+            elif how == _FIRST:
+                children = [values[-size]]
+            elif how == _FIRST_TAIL:
+                children = [values[-size]]
+                children += values[-1]
+            else:
+                children = splice(values[-size:], plan)
             if size:
                 del values[-size:]
                 del state_stack[-size:]
-            if how != _KEEP:
-                children = splice(children, plan)
             result = children if action is None else action(context, children)
             state = actions[state_stack[-1]][name]
             if state == self.end_state:
