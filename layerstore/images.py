@@ -447,38 +447,35 @@ class ImageStore:
             self.sync_index()
         return adopted
 
-    def adopt_external(self) -> builtins.list[str]:
-        """Take in images another tool added to ``index.json``; returns the adopted names.
-
-        The database stays the source of truth: names another tool *removed* come back at
-        the next rewrite. Entries whose documents are not stored are ignored.
-        """
-        path = self.root / "index.json"
+    def _foreign_index(self) -> bytes | None:
+        """``index.json``'s bytes if someone else wrote it since this store last did, else None."""
         try:
-            on_disk = path.read_bytes()
+            on_disk = (self.root / "index.json").read_bytes()
         except FileNotFoundError:
-            return []
+            return None
         row = (
             self.db.connection()
             .execute("SELECT value FROM layout_state WHERE key = 'index_digest'")
             .fetchone()
         )
         if row is not None and row[0] == str(Digest.of(on_disk)):
+            return None
+        return on_disk
+
+    def adopt_external(self) -> builtins.list[str]:
+        """Take in images another tool added to ``index.json``; returns the adopted names.
+
+        The database stays the source of truth: names another tool *removed* come back at
+        the next rewrite. Entries whose documents are not stored are ignored.
+        """
+        if self._foreign_index() is None:
             return []
         adopted: builtins.list[str] = []
         with self.index_lock():
             # Checked again under the lock: a file this store wrote is never adopted from,
             # or a name another pybuild process just removed would come back.
-            try:
-                on_disk = path.read_bytes()
-            except FileNotFoundError:
-                return []
-            row = (
-                self.db.connection()
-                .execute("SELECT value FROM layout_state WHERE key = 'index_digest'")
-                .fetchone()
-            )
-            if row is not None and row[0] == str(Digest.of(on_disk)):
+            on_disk = self._foreign_index()
+            if on_disk is None:
                 return []
             try:
                 entries = json.loads(on_disk).get("manifests") or []
