@@ -495,6 +495,20 @@ class Executor:
         self.cache.put(key, CachedState(descriptor.digest, tuple(state.layers)))
         state.key = key
 
+    def _finish_step(
+        self, state: StageState, key: CacheKey, layer: LayerRef | None, history: str
+    ) -> tuple[bool, LayerRef | None]:
+        """After a filesystem step ran: add its layer (or an empty-layer history entry), record it."""
+        if layer is not None:
+            state.layers.append(layer)
+            state.config = ic.with_step_layer(state.config, layer.diff_id, history, self._created())
+        else:
+            state.config = ic.add_history(
+                state.config, history, layer=False, created=self._created(), stateful=True
+            )
+        self._record(key, state)
+        return False, layer
+
     def _created(self) -> str:
         return ic.timestamp(self.options.source_date_epoch)
 
@@ -595,16 +609,8 @@ class Executor:
                 os.chown(here, owner.uid, owner.gid)
 
         layer = self._in_rootfs(state, make)
-        config = state.config.with_container_config(working_dir=path)
-        if layer is not None:
-            state.layers.append(layer)
-            state.config = ic.with_step_layer(config, layer.diff_id, text, self._created())
-        else:
-            state.config = ic.add_history(
-                config, text, layer=False, created=self._created(), stateful=True
-            )
-        self._record(key, state)
-        return False, layer
+        state.config = state.config.with_container_config(working_dir=path)
+        return self._finish_step(state, key, layer, text)
 
     def _owner(self, root: Path, spec: str) -> Ownership:
         from builder.sandbox import resolve_user
@@ -789,15 +795,7 @@ class Executor:
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(upper, ignore_errors=True)
             shutil.rmtree(private, ignore_errors=True)
-        if layer is not None:
-            state.layers.append(layer)
-            state.config = ic.with_step_layer(state.config, layer.diff_id, history, self._created())
-        else:
-            state.config = ic.add_history(
-                state.config, history, layer=False, created=self._created(), stateful=True
-            )
-        self._record(key, state)
-        return False, layer
+        return self._finish_step(state, key, layer, history)
 
     def _heredoc_argv(
         self, instruction: ins.Run, config: ImageConfig
@@ -1070,15 +1068,7 @@ class Executor:
             layer = self._in_rootfs(state, do_copy, views)
         finally:
             shutil.rmtree(download_dir, ignore_errors=True)
-        if layer is not None:
-            state.layers.append(layer)
-            state.config = ic.with_step_layer(state.config, layer.diff_id, text, self._created())
-        else:
-            state.config = ic.add_history(
-                state.config, text, layer=False, created=self._created(), stateful=True
-            )
-        self._record(key, state)
-        return False, layer
+        return self._finish_step(state, key, layer, text)
 
     def _download(self, url: str, directory: Path, checksum: str | None, line: int) -> Path:
         import httpx
